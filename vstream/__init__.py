@@ -1,0 +1,72 @@
+"""vstream: OKX trades into one-minute order-flow bars (volume tiers, whales, absorption,
+divergence), as a command-line tool and as an asyncio library.
+
+The smallest embedding::
+
+    import asyncio, vstream
+
+    async def main() -> None:
+        source = vstream.ReplaySource("Vault", "BTC-USDT-SWAP", final=True)
+        async with vstream.Engine([source]) as engine:
+            async for bar in engine.bars():
+                if bar.volume_tier == "T4" and bar.absorption:
+                    print(bar.timestamp_utc, bar.close)
+
+    asyncio.run(main())
+"""
+
+from .assembler import AssemblerState, Bar, BarAssembler, Counters
+from .engine import Engine, EngineStats, SinkStats
+from .errors import (
+    ConfigError,
+    LockedError,
+    RejectError,
+    SinkError,
+    SourceError,
+    StateError,
+    VStreamError,
+)
+from .instruments import Instrument, Kind, VaultPaths, resolve
+from .settings import Settings
+from .sinks import CallbackSink, Sink
+from .sinks.jsonl import JsonlSink
+from .sources import Batch, Source
+from .sources.replay import ReplaySource
+from .state import InstrumentStore, State
+from .trades import LineDecoder, Reject, Trade
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssemblerState",
+    "Bar",
+    "BarAssembler",
+    "Batch",
+    "CallbackSink",
+    "ConfigError",
+    "Counters",
+    "Engine",
+    "EngineStats",
+    "Instrument",
+    "InstrumentStore",
+    "JsonlSink",
+    "Kind",
+    "LineDecoder",
+    "LockedError",
+    "Reject",
+    "RejectError",
+    "ReplaySource",
+    "Settings",
+    "Sink",
+    "SinkError",
+    "SinkStats",
+    "Source",
+    "SourceError",
+    "State",
+    "StateError",
+    "Trade",
+    "VStreamError",
+    "VaultPaths",
+    "__version__",
+    "resolve",
+]

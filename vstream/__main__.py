@@ -1,0 +1,5 @@
+"""``python -m vstream``."""
+
+from .cli import main
+
+raise SystemExit(main())

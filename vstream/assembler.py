@@ -1,0 +1,496 @@
+"""The bar assembler: a plain, synchronous, I/O-free class (feed trades, take finished bars).
+
+Nothing here reads a clock, a file or a socket. Time enters only as arguments
+(``close_due(now_ms)``), so replay, live and embedded use share it and tests drive it with
+tables of trades.
+
+Money is kept exactly: each trade's USD notional is rounded once to a whole micro-dollar and
+summed as integers, so a bar does not depend on the order its trades arrived in, and the signal
+thresholds (tiers, absorption, divergence) are compared in exact rational arithmetic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from fractions import Fraction
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from .instruments import Instrument
+from .settings import TIMEFRAMES, Settings
+from .trades import Trade
+
+MINUTE_MS = 60_000
+MICRO = 1_000_000
+
+
+class Bar(msgspec.Struct, gc=False, kw_only=True):
+    """One finished bar. Its JSON encoding is exactly one line of the output file (SPEC §5)."""
+
+    timestamp_utc: str
+    instId: str
+    exchange: str
+    market: str
+    open: str
+    high: str
+    low: str
+    close: str
+    price_change_pct: str
+    total_volume: str
+    buy_volume: str
+    sell_volume: str
+    delta: str
+    whale_volume: str
+    whale_count: int
+    trade_count: int
+    volume_tier: str | None
+    absorption: bool
+    divergence: bool
+    divergence_type: str | None
+    volume_ratio: str | None
+    fill_count: int
+    #: Present (true) only on a live bar emitted while a trade-id gap could not be filled.
+    gap: bool | UnsetType = UNSET
+    #: Present only on bars of a timeframe other than 1m ("5m", "15m", "1h").
+    timeframe: str | UnsetType = UNSET
+
+
+class Aggregate(msgspec.Struct, gc=False):
+    """The exact running totals of one bar period (also the open bar saved in the state).
+
+    Open/close are the trades first/last by ``(ts, tradeId)``; high/low keep the price text of
+    the first trade by that order among equal prices. Volumes are in micro-dollars.
+    """
+
+    start: int  # period start, minutes since the epoch
+    open_px: str
+    open_ts: int
+    open_id: int
+    close_px: str
+    close_ts: int
+    close_id: int
+    high_px: str
+    high: float
+    high_ts: int
+    high_id: int
+    low_px: str
+    low: float
+    low_ts: int
+    low_id: int
+    buy: int = 0
+    sell: int = 0
+    whale: int = 0
+    whale_count: int = 0
+    trades: int = 0
+    fills: int = 0
+    gap: bool = False
+
+    def merge(self, other: Aggregate) -> None:
+        """Fold a later (or overlapping) aggregate into this one, order-independently."""
+        if (other.open_ts, other.open_id) < (self.open_ts, self.open_id):
+            self.open_px, self.open_ts, self.open_id = other.open_px, other.open_ts, other.open_id
+        if (other.close_ts, other.close_id) > (self.close_ts, self.close_id):
+            self.close_px, self.close_ts, self.close_id = (
+                other.close_px,
+                other.close_ts,
+                other.close_id,
+            )
+        if other.high > self.high or (
+            other.high == self.high and (other.high_ts, other.high_id) < (self.high_ts, self.high_id)
+        ):
+            self.high_px, self.high, self.high_ts, self.high_id = (
+                other.high_px,
+                other.high,
+                other.high_ts,
+                other.high_id,
+            )
+        if other.low < self.low or (
+            other.low == self.low and (other.low_ts, other.low_id) < (self.low_ts, self.low_id)
+        ):
+            self.low_px, self.low, self.low_ts, self.low_id = (
+                other.low_px,
+                other.low,
+                other.low_ts,
+                other.low_id,
+            )
+        self.buy += other.buy
+        self.sell += other.sell
+        self.whale += other.whale
+        self.whale_count += other.whale_count
+        self.trades += other.trades
+        self.fills += other.fills
+        self.gap = self.gap or other.gap
+
+
+class Counters(msgspec.Struct):
+    """What happened to the input so far (kept in the state, printed by ``status``)."""
+
+    trades: int = 0
+    bars: int = 0
+    rejects: int = 0
+    duplicates: int = 0
+    late: int = 0
+    skipped: int = 0
+
+
+class SeriesState(msgspec.Struct):
+    """One timeframe's resumable state: its open bar and the totals of its previous bars."""
+
+    open: Aggregate | None = None
+    window: list[int] = msgspec.field(default_factory=list)
+    next_start: int = 0  # the earliest period start still accepted
+
+
+class AssemblerState(msgspec.Struct):
+    """Everything :class:`BarAssembler` needs to continue exactly where it stopped."""
+
+    series: dict[str, SeriesState] = msgspec.field(default_factory=dict)
+    ids: list[str] = msgspec.field(default_factory=list)
+    counters: Counters = msgspec.field(default_factory=Counters)
+
+
+def _round_usd(micro: int) -> int:
+    """Micro-dollars to whole dollars, halves away from zero."""
+    if micro >= 0:
+        return (micro + MICRO // 2) // MICRO
+    return -((-micro + MICRO // 2) // MICRO)
+
+
+def _fraction(value: float) -> Fraction:
+    # The setting as written (0.1 means one tenth), not its binary approximation.
+    return Fraction(repr(value))
+
+
+class _Series:
+    """Turns closed aggregates of one timeframe into bars with that timeframe's signals."""
+
+    __slots__ = (
+        "abs_pct",
+        "abs_ratio",
+        "div_delta",
+        "div_pct",
+        "instrument",
+        "label",
+        "min_history",
+        "minutes",
+        "next_start",
+        "open",
+        "window",
+    )
+
+    def __init__(self, label: str, instrument: Instrument, settings: Settings) -> None:
+        self.label = label
+        self.minutes = TIMEFRAMES[label]
+        self.instrument = instrument
+        self.window: deque[int] = deque(maxlen=settings.median_window)
+        self.min_history = settings.min_history
+        self.abs_ratio = _fraction(settings.absorption_volume_ratio)
+        self.abs_pct = _fraction(settings.absorption_max_price_pct)
+        self.div_pct = _fraction(settings.divergence_min_price_pct)
+        self.div_delta = _fraction(settings.divergence_min_delta_ratio)
+        self.open: Aggregate | None = None
+        self.next_start = 0
+
+    def finish(self, agg: Aggregate) -> Bar:
+        total = agg.buy + agg.sell
+        open_px = Fraction(agg.open_px)
+        pct = (Fraction(agg.close_px) - open_px) * 100 / open_px
+        pct_text = "%+.2f" % float(pct)
+        if pct_text == "-0.00":
+            pct_text = "+0.00"
+        delta = agg.buy - agg.sell
+        tier: str | None = None
+        ratio_text: str | None = None
+        absorption = False
+        history = self.window
+        if len(history) >= self.min_history:
+            ordered = sorted(history)
+            n = len(ordered)
+            twice_median = 2 * ordered[n // 2] if n % 2 else ordered[n // 2 - 1] + ordered[n // 2]
+            if twice_median > 0:
+                ratio = Fraction(2 * total, twice_median)
+                ratio_text = "%.2f" % float(ratio)
+                if ratio < Fraction(1, 2):
+                    tier = "T1"
+                elif ratio < 1:
+                    tier = "T2"
+                elif ratio <= 2:
+                    tier = "T3"
+                else:
+                    tier = "T4"
+                absorption = ratio > self.abs_ratio and abs(pct) < self.abs_pct
+        divergence_type: str | None = None
+        if abs(pct) >= self.div_pct and abs(delta) >= self.div_delta * total:
+            if pct > 0 and delta < 0:
+                divergence_type = "bearish"
+            elif pct < 0 and delta > 0:
+                divergence_type = "bullish"
+        history.append(total)
+        rounded_delta = _round_usd(delta)
+        bar = Bar(
+            timestamp_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(agg.start * 60)),
+            instId=self.instrument.inst_id,
+            exchange="okx",
+            market=self.instrument.market,
+            open=agg.open_px,
+            high=agg.high_px,
+            low=agg.low_px,
+            close=agg.close_px,
+            price_change_pct=pct_text,
+            total_volume=str(_round_usd(total)),
+            buy_volume=str(_round_usd(agg.buy)),
+            sell_volume=str(_round_usd(agg.sell)),
+            delta=("+%d" % rounded_delta) if rounded_delta >= 0 else str(rounded_delta),
+            whale_volume=str(_round_usd(agg.whale)),
+            whale_count=agg.whale_count,
+            trade_count=agg.trades,
+            volume_tier=tier,
+            absorption=absorption,
+            divergence=divergence_type is not None,
+            divergence_type=divergence_type,
+            volume_ratio=ratio_text,
+            fill_count=agg.fills,
+        )
+        if agg.gap:
+            bar.gap = True
+        if self.label != "1m":
+            bar.timeframe = self.label
+        return bar
+
+    def add(self, agg: Aggregate, out: list[Bar]) -> None:
+        """Take a closed 1m aggregate; append bars of this timeframe that it completes."""
+        start = agg.start - agg.start % self.minutes
+        current = self.open
+        if current is not None and current.start != start:
+            out.append(self.finish(current))
+            self.next_start = current.start + self.minutes
+            current = None
+        if current is None:
+            current = msgspec.structs.replace(agg, start=start)
+            self.open = current
+        else:
+            current.merge(agg)
+
+    def flush(self, out: list[Bar], before_minute: int | None = None) -> None:
+        """Emit the open bar if its period ends at or before ``before_minute`` (None: always)."""
+        current = self.open
+        if current is None:
+            return
+        if before_minute is not None and current.start + self.minutes > before_minute:
+            return
+        out.append(self.finish(current))
+        self.next_start = current.start + self.minutes
+        self.open = None
+
+    def snapshot(self) -> SeriesState:
+        return SeriesState(
+            open=msgspec.structs.replace(self.open) if self.open is not None else None,
+            window=list(self.window),
+            next_start=self.next_start,
+        )
+
+    def restore(self, state: SeriesState) -> None:
+        self.open = msgspec.structs.replace(state.open) if state.open is not None else None
+        self.window.clear()
+        self.window.extend(state.window)
+        self.next_start = state.next_start
+
+
+class BarAssembler:
+    """Feeds accepted trades of one instrument into one-minute bars (and higher timeframes).
+
+    ``feed`` returns the bars its trades finished: a minute's bar is finished by the first
+    accepted trade of a later minute. ``close_due(now_ms)`` finishes the open minute once the
+    wall clock is ``grace`` past its end (live mode); ``close()`` finishes it unconditionally
+    (the input is complete). Trades for a minute before the open one are *late*, trades whose
+    ``tradeId`` is already in the open minute are *duplicates*: both are dropped and counted.
+
+    ``snapshot()`` returns an :class:`AssemblerState`; a new assembler built with it continues
+    exactly as this one would have.
+    """
+
+    def __init__(
+        self,
+        instrument: Instrument,
+        settings: Settings | None = None,
+        state: AssemblerState | None = None,
+    ) -> None:
+        settings = settings if settings is not None else Settings()
+        self.instrument = instrument
+        self.settings = settings
+        self.counters = Counters()
+        labels = sorted(settings.timeframes, key=TIMEFRAMES.__getitem__)
+        self._series = {label: _Series(label, instrument, settings) for label in labels}
+        self._minute = self._series["1m"]
+        self._higher = [s for label, s in self._series.items() if label != "1m"]
+        self._ids: set[str] = set()
+        self._whale_micro = round(settings.whale_usd * MICRO)
+        self._grace_ms = round(settings.grace * 1000)
+        if instrument.inverse:
+            assert instrument.ct_val is not None
+            self._scale = instrument.ct_val * MICRO
+        else:
+            self._scale = (instrument.ct_val or 1.0) * MICRO
+        if state is not None:
+            self.restore(state)
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def feed(self, trades: Iterable[Trade]) -> list[Bar]:
+        """Add validated trades of this instrument (any order); return the bars they finished."""
+        out: list[Bar] = []
+        series = self._minute
+        agg = series.open
+        minute = agg.start if agg is not None else -1
+        floor = series.next_start
+        ids = self._ids
+        scale = self._scale
+        inverse = self.instrument.inverse
+        whale_at = self._whale_micro
+        late = dup = accepted = 0
+        for t in trades:
+            ts = t.ts
+            m = ts // MINUTE_MS
+            if m != minute:
+                if m < minute or m < floor:
+                    late += 1
+                    continue
+                # A later minute: the open one is final.
+                if agg is not None:
+                    self._close_minute(agg, out)
+                tid = t.tradeId
+                ids.clear()
+                ids.add(tid)
+                px = t.px
+                p = float(px)
+                n = int((t.sz if inverse else t.sz * p) * scale + 0.5)
+                iid = int(tid)
+                agg = Aggregate(m, px, ts, iid, px, ts, iid, px, p, ts, iid, px, p, ts, iid)
+                series.open = agg
+                minute = m
+                floor = m
+                self._add(agg, n, t.side, t.count, whale_at)
+                accepted += 1
+                continue
+            tid = t.tradeId
+            if tid in ids:
+                dup += 1
+                continue
+            ids.add(tid)
+            assert agg is not None
+            px = t.px
+            p = float(px)
+            n = int((t.sz if inverse else t.sz * p) * scale + 0.5)
+            if t.side == "buy":
+                agg.buy += n
+            else:
+                agg.sell += n
+            if n >= whale_at:
+                agg.whale += n
+                agg.whale_count += 1
+            agg.trades += 1
+            agg.fills += t.count
+            accepted += 1
+            # Order by (ts, tradeId): int(tradeId) only when stamps tie.
+            if ts > agg.close_ts or (ts == agg.close_ts and int(tid) > agg.close_id):
+                agg.close_px, agg.close_ts, agg.close_id = px, ts, int(tid)
+            if ts < agg.open_ts or (ts == agg.open_ts and int(tid) < agg.open_id):
+                agg.open_px, agg.open_ts, agg.open_id = px, ts, int(tid)
+            if p >= agg.high and (p > agg.high or (ts, int(tid)) < (agg.high_ts, agg.high_id)):
+                agg.high_px, agg.high, agg.high_ts, agg.high_id = px, p, ts, int(tid)
+            if p <= agg.low and (p < agg.low or (ts, int(tid)) < (agg.low_ts, agg.low_id)):
+                agg.low_px, agg.low, agg.low_ts, agg.low_id = px, p, ts, int(tid)
+        series.next_start = floor
+        counters = self.counters
+        counters.trades += accepted
+        counters.duplicates += dup
+        counters.late += late
+        return out
+
+    @staticmethod
+    def _add(agg: Aggregate, n: int, side: str, count: int, whale_at: int) -> None:
+        if side == "buy":
+            agg.buy += n
+        else:
+            agg.sell += n
+        if n >= whale_at:
+            agg.whale += n
+            agg.whale_count += 1
+        agg.trades += 1
+        agg.fills += count
+
+    def _close_minute(self, agg: Aggregate, out: list[Bar]) -> None:
+        series = self._minute
+        out.append(series.finish(agg))
+        self.counters.bars += 1
+        series.open = None
+        series.next_start = agg.start + 1
+        for higher in self._higher:
+            higher.add(agg, out)
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close_due(self, now_ms: int) -> list[Bar]:
+        """Finish the open minute if ``now_ms`` is at least ``grace`` past its end (live mode).
+
+        Higher-timeframe bars whose period has ended (plus grace) are finished too.
+        """
+        out: list[Bar] = []
+        agg = self._minute.open
+        if agg is not None and now_ms >= (agg.start + 1) * MINUTE_MS + self._grace_ms:
+            self._close_minute(agg, out)
+            self._ids.clear()
+        done_minute = (now_ms - self._grace_ms) // MINUTE_MS
+        if self._minute.open is None:
+            for higher in self._higher:
+                higher.flush(out, before_minute=done_minute)
+        return out
+
+    def close(self) -> list[Bar]:
+        """Finish every open bar: the input is complete (``--final``)."""
+        out: list[Bar] = []
+        agg = self._minute.open
+        if agg is not None:
+            self._close_minute(agg, out)
+            self._ids.clear()
+        for higher in self._higher:
+            higher.flush(out)
+        return out
+
+    def mark_gap(self) -> None:
+        """Flag the open minute as touched by a trade-id gap that could not be filled."""
+        if self._minute.open is not None:
+            self._minute.open.gap = True
+
+    # -- introspection and resume ------------------------------------------------------------
+
+    @property
+    def open_minute(self) -> int | None:
+        """Start of the open minute (minutes since the epoch), or None."""
+        agg = self._minute.open
+        return agg.start if agg is not None else None
+
+    @property
+    def next_minute(self) -> int:
+        """The earliest minute a trade may still belong to without being late."""
+        agg = self._minute.open
+        return agg.start if agg is not None else self._minute.next_start
+
+    def snapshot(self) -> AssemblerState:
+        """A copy of the state; later feeding does not change it."""
+        return AssemblerState(
+            series={label: s.snapshot() for label, s in self._series.items()},
+            ids=sorted(self._ids),
+            counters=msgspec.structs.replace(self.counters),
+        )
+
+    def restore(self, state: AssemblerState) -> None:
+        """Continue from ``state`` (as returned by :meth:`snapshot`)."""
+        for label, series in self._series.items():
+            saved = state.series.get(label)
+            series.restore(saved if saved is not None else SeriesState())
+        self._ids = set(state.ids)
+        self.counters = msgspec.structs.replace(state.counters)

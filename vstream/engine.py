@@ -1,0 +1,618 @@
+"""The async shell: sources -> bounded queue -> bar assembler -> sinks.
+
+This module only wires things together. The bar logic lives in :mod:`vstream.assembler`,
+reading in :mod:`vstream.sources`, writing in :mod:`vstream.sinks`, durability in
+:mod:`vstream.state`. The engine never calls ``asyncio.run``, installs no signal handler and
+leaves the event-loop policy alone, so it can live inside another program's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from .assembler import MINUTE_MS, Bar, BarAssembler, Counters
+from .errors import ConfigError, SinkError, SourceError, VStreamError
+from .instruments import Instrument, VaultPaths, load_cache, resolve
+from .settings import Settings
+from .sinks import Sink, SinkLike, as_sink
+from .sinks.jsonl import JsonlSink
+from .sources import Batch, Source
+from .state import InstrumentStore, State
+
+log = logging.getLogger("vstream")
+
+T = TypeVar("T")
+OverflowPolicy = Literal["drop_oldest", "drop_newest", "block"]
+
+
+@dataclass(slots=True)
+class SinkStats:
+    """What happened to one user sink's bars."""
+
+    name: str
+    delivered: int = 0
+    dropped: int = 0
+    errors: int = 0
+    buffered: int = 0
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters a bot can read at any time (``engine.stats``)."""
+
+    instruments: dict[str, Counters] = field(default_factory=dict)
+    sinks: list[SinkStats] = field(default_factory=list)
+    batches: int = 0
+    checkpoints: int = 0
+    queue_high_water: int = 0
+    seconds: float = 0.0
+
+
+class _SinkRunner:
+    """Feeds one user sink from its own bounded buffer, in its own task.
+
+    A slow sink fills only its own buffer; the overflow policy then decides what gives way,
+    so the source and the other sinks never wait for it (unless ``block`` was chosen).
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        name: str,
+        maxsize: int,
+        policy: OverflowPolicy,
+        fatal: bool,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.sink = sink
+        self.stats = SinkStats(name)
+        self._maxsize = maxsize
+        self._policy = policy
+        self._fatal = fatal
+        self._on_fatal = on_fatal
+        self._items: deque[Bar] = deque()
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._closing = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"vstream-sink-{self.stats.name}"
+        )
+
+    async def offer(self, bar: Bar) -> None:
+        items = self._items
+        if len(items) >= self._maxsize:
+            if self._policy == "block":
+                while len(items) >= self._maxsize and not self._closing:
+                    self._space.clear()
+                    await self._space.wait()
+            elif self._policy == "drop_oldest":
+                items.popleft()
+                self.stats.dropped += 1
+            else:
+                self.stats.dropped += 1
+                return
+        items.append(bar)
+        self.stats.buffered = len(items)
+        self._ready.set()
+
+    async def _run(self) -> None:
+        items = self._items
+        while True:
+            while not items:
+                if self._closing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+            bar = items.popleft()
+            self.stats.buffered = len(items)
+            self._space.set()
+            try:
+                await self.sink.write(bar)
+                self.stats.delivered += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("sink %s failed on bar %s: %s", self.stats.name, bar.timestamp_utc, exc)
+                if self._fatal:
+                    self._on_fatal(SinkError(f"sink {self.stats.name} failed: {exc}"))
+                    return
+
+    async def close(self, grace_seconds: float) -> None:
+        """Deliver what is buffered (within ``grace_seconds``), then close the sink."""
+        self._closing = True
+        self._ready.set()
+        self._space.set()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.task), grace_seconds)
+            except TimeoutError:
+                self.task.cancel()
+                self.stats.dropped += len(self._items)
+                log.warning("sink %s did not drain in %.1fs", self.stats.name, grace_seconds)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.task
+        try:
+            await self.sink.aclose()
+        except Exception as exc:
+            self.stats.errors += 1
+            log.error("sink %s failed to close: %s", self.stats.name, exc)
+
+
+class _BarStream:
+    """The sink behind :meth:`Engine.bars`."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Bar | None] = asyncio.Queue()
+
+    async def write(self, bar: Bar) -> None:
+        await self.queue.put(bar)
+
+    async def aclose(self) -> None:
+        await self.queue.put(None)
+
+
+@dataclass(slots=True)
+class _Pipe:
+    """One instrument's assembler and, in vault mode, its durable files."""
+
+    instrument: Instrument
+    assembler: BarAssembler
+    store: InstrumentStore | None = None
+    outputs: dict[str, JsonlSink] = field(default_factory=dict)
+    rejects: JsonlSink | None = None
+    position: Any = None
+    state: State | None = None
+    dirty: bool = False
+
+
+async def _shielded(awaitable: Awaitable[T]) -> T:
+    """Await to completion even if the caller is cancelled meanwhile; then re-raise that."""
+    task = asyncio.ensure_future(awaitable)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+class Engine:
+    """Runs sources through bar assemblers into sinks.
+
+    ``sources`` deliver :class:`~vstream.sources.Batch` objects; one assembler per instrument
+    turns them into :class:`~vstream.Bar` objects; every bar goes to each of ``sinks`` (objects
+    with async ``write``/``aclose``, or plain sync/async callables), each fed from its own
+    bounded buffer of ``sink_buffer`` bars with the ``sink_overflow`` policy when it falls
+    behind (``drop_oldest`` by default; ``block`` makes a slow sink slow everything down).
+
+    With ``vault`` set, each instrument's bars, rejects and state live in the vault (SPEC §2,
+    §7): the engine locks the instrument, resumes from its state, appends bars to
+    ``volume_1m.jsonl`` and checkpoints every ``checkpoint_interval`` seconds and at the end.
+
+    Use it as an async context manager, then ``await engine.run()`` or iterate
+    ``engine.bars()``. ``engine.stop()`` ends a run cleanly; cancelling the task running it
+    flushes and checkpoints too before the cancellation propagates.
+    """
+
+    def __init__(
+        self,
+        sources: Source | Sequence[Source],
+        sinks: Iterable[SinkLike] = (),
+        settings: Settings | None = None,
+        *,
+        vault: str | os.PathLike[str] | None = None,
+        rebuild: bool = False,
+        instruments: Mapping[str, Instrument] | None = None,
+        queue_size: int = 8,
+        checkpoint_interval: float = 5.0,
+        sink_buffer: int = 10_000,
+        sink_overflow: OverflowPolicy = "drop_oldest",
+        sink_errors: Literal["log", "raise"] = "log",
+        sink_close_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sources: list[Source] = [sources] if isinstance(sources, Source) else list(sources)
+        if not self.sources:
+            raise ConfigError("an engine needs at least one source")
+        for source in self.sources:
+            if not isinstance(source, Source):
+                raise ConfigError(f"{source!r} is not a source (see vstream.sources.Source)")
+        if queue_size < 1 or sink_buffer < 1:
+            raise ConfigError("queue_size and sink_buffer must be >= 1")
+        if sink_overflow not in ("drop_oldest", "drop_newest", "block"):
+            raise ConfigError(f"unknown sink_overflow policy {sink_overflow!r}")
+        if sink_errors not in ("log", "raise"):
+            raise ConfigError(f"sink_errors must be 'log' or 'raise', not {sink_errors!r}")
+        self.settings = settings if settings is not None else Settings()
+        self.vault = Path(vault) if vault is not None else None
+        self.rebuild = rebuild
+        self._instruments = dict(instruments or {})
+        self._queue_size = queue_size
+        self._checkpoint_interval = checkpoint_interval
+        self._sink_buffer = sink_buffer
+        self._sink_overflow: OverflowPolicy = sink_overflow
+        self._sink_fatal = sink_errors == "raise"
+        self._sink_close_timeout = sink_close_timeout
+        self._clock = clock
+        self._user_sinks: list[Sink] = [as_sink(s) for s in sinks]
+        self._runners: list[_SinkRunner] = []
+        self._pipes: dict[str, _Pipe] = {}
+        self._opened = False
+        self._closed = False
+        self._running = False
+        self._stop = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._ckpt_lock = asyncio.Lock()
+        self._started = 0.0
+        self._batches = 0
+        self._checkpoints = 0
+        self._high_water = 0
+        self._live = any(getattr(s, "live", False) for s in self.sources)
+        inst_ids = [i for s in self.sources for i in s.inst_ids]
+        if len(set(inst_ids)) != len(inst_ids):
+            raise ConfigError("two sources deliver the same instrument")
+        self.inst_ids: tuple[str, ...] = tuple(inst_ids)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        """Resolve instruments, lock and load vault state, resume sources, start sink tasks."""
+        if self._opened:
+            return
+        self._opened = True
+        try:
+            await asyncio.to_thread(self._open_pipes)
+        except BaseException:
+            self._release()
+            raise
+        for source in self.sources:
+            source.resume({i: self._pipes[i].position for i in source.inst_ids})
+        for index, sink in enumerate(self._user_sinks):
+            runner = _SinkRunner(
+                sink,
+                f"{index}:{type(sink).__name__}",
+                self._sink_buffer,
+                self._sink_overflow,
+                self._sink_fatal,
+                self._fail,
+            )
+            runner.start()
+            self._runners.append(runner)
+
+    def _open_pipes(self) -> None:
+        cache = load_cache(self.vault) if self.vault is not None else None
+        for inst_id in self.inst_ids:
+            instrument = self._instruments.get(inst_id) or resolve(
+                inst_id, self.settings.ct_val, cache
+            )
+            pipe = _Pipe(instrument, BarAssembler(instrument, self.settings))
+            self._pipes[inst_id] = pipe
+            if self.vault is None:
+                continue
+            paths = VaultPaths.of(self.vault, inst_id)
+            store = InstrumentStore(
+                paths, self.settings.fingerprint(instrument.ct_val), self.settings.timeframes
+            )
+            pipe.state = store.open(rebuild=self.rebuild)
+            pipe.store = store
+            pipe.assembler.restore(pipe.state.assembler)
+            pipe.position = pipe.state.files or None
+            pipe.outputs = {
+                tf: JsonlSink(paths.output(tf), autoflush=False) for tf in self.settings.timeframes
+            }
+            pipe.rejects = JsonlSink(paths.rejects, autoflush=False)
+
+    def _release(self) -> None:
+        for pipe in self._pipes.values():
+            if pipe.store is not None:
+                pipe.store.close()
+
+    async def aclose(self) -> None:
+        """Stop, flush, checkpoint, close sinks and release locks (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        await _shielded(self._finish())
+
+    async def _finish(self) -> None:
+        error: BaseException | None = None
+        for source in self.sources:
+            try:
+                await source.aclose()
+            except Exception as exc:
+                log.error("closing source %r failed: %s", source, exc)
+        try:
+            if self._opened and self._failure is None:
+                await self.checkpoint()
+        except BaseException as exc:
+            error = exc
+        for runner in self._runners:
+            await runner.close(self._sink_close_timeout)
+        for pipe in self._pipes.values():
+            for sink in (*pipe.outputs.values(), pipe.rejects):
+                if sink is not None:
+                    sink.discard()  # not checkpointed: the next run recomputes them
+                    with contextlib.suppress(SinkError):
+                        await sink.aclose()
+        self._release()
+        if error is not None:
+            raise error
+
+    def stop(self) -> None:
+        """Ask a running engine to end cleanly: stop reading, flush, checkpoint."""
+        self._stop.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._stop.set()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> EngineStats:
+        """Run until every source is exhausted or :meth:`stop` is called; return the stats."""
+        if self._running:
+            raise VStreamError("this engine is already running")
+        if self._closed:
+            raise VStreamError("this engine is closed")
+        owns = not self._opened
+        if owns:
+            await self.open()
+        self._running = True
+        self._started = time.perf_counter()
+        queue: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue(self._queue_size)
+        tasks = [
+            asyncio.create_task(self._pump(source, queue), name=f"vstream-source-{index}")
+            for index, source in enumerate(self.sources)
+        ]
+        ticker = asyncio.create_task(self._tick()) if self._live else None
+        try:
+            await self._consume(queue, len(tasks))
+            if self._failure is not None:
+                raise self._failure
+        finally:
+            for task in tasks:
+                task.cancel()
+            if ticker is not None:
+                ticker.cancel()
+            await _shielded(self._settle(tasks, ticker, owns))
+        return self.stats
+
+    async def _settle(
+        self, tasks: list[asyncio.Task[None]], ticker: asyncio.Task[None] | None, owns: bool
+    ) -> None:
+        await asyncio.gather(*tasks, *(t for t in [ticker] if t is not None), return_exceptions=True)
+        if self._live:
+            self._close_due()
+        self._running = False
+        if owns:
+            await self.aclose()
+        elif self._failure is None:
+            await self.checkpoint()
+
+    async def _pump(self, source: Source, queue: asyncio.Queue[Batch | BaseException | None]) -> None:
+        try:
+            async for batch in source:
+                await queue.put(batch)
+        except asyncio.CancelledError:
+            raise
+        except VStreamError as exc:
+            await queue.put(exc)
+            return
+        except Exception as exc:
+            await queue.put(SourceError(f"source {source!r} failed: {exc}"))
+            return
+        await queue.put(None)
+
+    async def _consume(self, queue: asyncio.Queue[Batch | BaseException | None], active: int) -> None:
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        last_checkpoint = self._clock()
+        try:
+            while active:
+                if queue.empty():
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait((getter, stop_wait), return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        break
+                    item = getter.result()
+                else:
+                    item = queue.get_nowait()
+                if item is None:
+                    active -= 1
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                self._high_water = max(self._high_water, queue.qsize() + 1)
+                await self._handle(item)
+                if self._stop.is_set():
+                    break
+                now = self._clock()
+                if now - last_checkpoint >= self._checkpoint_interval:
+                    await self.checkpoint()
+                    last_checkpoint = now
+        finally:
+            stop_wait.cancel()
+
+    async def _handle(self, batch: Batch) -> None:
+        pipe = self._pipes.get(batch.inst_id)
+        if pipe is None:
+            raise SourceError(f"a source delivered {batch.inst_id}, which it did not announce")
+        self._batches += 1
+        assembler = pipe.assembler
+        if batch.gap:
+            assembler.mark_gap()
+        bars = assembler.feed(batch.trades) if batch.trades else []
+        counters = assembler.counters
+        if batch.rejects:
+            counters.rejects += len(batch.rejects)
+            if pipe.rejects is not None:
+                pipe.rejects.buffer(batch.rejects)
+        counters.skipped += batch.skipped
+        if batch.end:
+            bars += assembler.close()
+        if batch.position is not None:
+            pipe.position = batch.position
+        pipe.dirty = True
+        if bars:
+            await self._emit(pipe, bars)
+
+    async def _emit(self, pipe: _Pipe, bars: list[Bar]) -> None:
+        if pipe.outputs:
+            by_tf: dict[str, list[Bar]] = {}
+            for bar in bars:
+                tf = bar.timeframe if isinstance(bar.timeframe, str) else "1m"
+                by_tf.setdefault(tf, []).append(bar)
+            for tf, group in by_tf.items():
+                pipe.outputs[tf].buffer(group)
+        for runner in self._runners:
+            for bar in bars:
+                await runner.offer(bar)
+
+    def _close_due(self) -> list[tuple[_Pipe, list[Bar]]]:
+        now_ms = int(self._clock() * 1000)
+        closed = []
+        for pipe in self._pipes.values():
+            bars = pipe.assembler.close_due(now_ms)
+            if bars:
+                pipe.dirty = True
+                closed.append((pipe, bars))
+        return closed
+
+    async def _tick(self) -> None:
+        """Live mode: finish each minute on the wall clock, ``grace`` after it ends."""
+        grace = self.settings.grace
+        while True:
+            now = self._clock()
+            next_minute = (int(now * 1000) // MINUTE_MS + 1) * MINUTE_MS / 1000
+            # Wake at the earliest deadline, but often enough to follow a clock a test moves.
+            await asyncio.sleep(max(0.0, min(next_minute + grace - now, 0.25)))
+            closed = self._close_due()
+            for pipe, bars in closed:
+                await self._emit(pipe, bars)
+            if closed:
+                await self.checkpoint()
+
+    # -- durability ------------------------------------------------------------------------
+
+    async def checkpoint(self) -> None:
+        """Make bars durable, then save each instrument's state atomically (SPEC §7)."""
+        async with self._ckpt_lock:
+            for pipe in self._pipes.values():
+                if pipe.store is None or pipe.state is None:
+                    continue
+                if not pipe.dirty and pipe.outputs and all(s.length is not None for s in pipe.outputs.values()):
+                    continue
+                # Snapshot synchronously: what is written below is exactly what it describes.
+                state = msgspec.structs.replace(
+                    pipe.state,
+                    files=dict(pipe.position or {}),
+                    assembler=pipe.assembler.snapshot(),
+                )
+                pending = {tf: sink.take() for tf, sink in pipe.outputs.items()}
+                assert pipe.rejects is not None
+                rejected = pipe.rejects.take()
+                pipe.dirty = False
+                lengths = {tf: await pipe.outputs[tf].append(data) for tf, data in pending.items()}
+                state.output_length = lengths.pop("1m")
+                state.timeframe_lengths = lengths
+                state.rejects_length = await pipe.rejects.append(rejected)
+                await asyncio.to_thread(pipe.store.commit, state)
+                pipe.state = state
+                self._checkpoints += 1
+
+    # -- observing -------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> EngineStats:
+        """A snapshot of the counters."""
+        return EngineStats(
+            instruments={i: msgspec.structs.replace(p.assembler.counters) for i, p in self._pipes.items()},
+            sinks=[SinkStats(**_fields(r.stats)) for r in self._runners],
+            batches=self._batches,
+            checkpoints=self._checkpoints,
+            queue_high_water=self._high_water,
+            seconds=(time.perf_counter() - self._started) if self._started else 0.0,
+        )
+
+    def assembler(self, inst_id: str) -> BarAssembler:
+        """The live assembler of one instrument (after :meth:`open`)."""
+        return self._pipes[inst_id].assembler
+
+    async def bars(self) -> AsyncIterator[Bar]:
+        """Iterate over bars as they are finished, running the engine if nobody else does.
+
+        Must be called before the engine starts running (bars finished earlier are not seen).
+        """
+        stream = _BarStream()
+        runner = _SinkRunner(stream, "bars()", self._sink_buffer, "block", False, self._fail)
+        if self._opened:
+            runner.start()
+        else:
+            self._user_sinks.append(stream)
+            await self.open()
+            runner = self._runners[-1]
+        if stream is not runner.sink:
+            self._runners.append(runner)
+        task = None if self._running else asyncio.create_task(self.run())
+        try:
+            while True:
+                getter = asyncio.ensure_future(stream.queue.get())
+                waiters: set[asyncio.Future[Any]] = {getter}
+                if task is not None:
+                    waiters.add(task)
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    bar = getter.result()
+                    if bar is None:
+                        break
+                    yield bar
+                    continue
+                getter.cancel()
+                # The run ended: deliver what is still queued, then surface its outcome.
+                while not stream.queue.empty():
+                    item = stream.queue.get_nowait()
+                    if item is not None:
+                        yield item
+                break
+            if task is not None:
+                await task
+        finally:
+            if task is not None and not task.done():
+                self.stop()
+                await _shielded(asyncio.gather(task, return_exceptions=True))
+
+
+def _fields(stats: SinkStats) -> dict[str, Any]:
+    return {name: getattr(stats, name) for name in SinkStats.__slots__}

@@ -1,0 +1,221 @@
+"""Instrument kinds, vault path segments and the contract value (``ctVal``) used for notional."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from .errors import ConfigError
+
+#: The most traded OKX swaps (SPEC §4). Linear ones are in coin per contract, inverse in USD.
+BUILTIN_CT_VAL: dict[str, float] = {
+    "BTC-USDT-SWAP": 0.01,
+    "ETH-USDT-SWAP": 0.1,
+    "SOL-USDT-SWAP": 1.0,
+    "XRP-USDT-SWAP": 100.0,
+    "DOGE-USDT-SWAP": 1000.0,
+    "TON-USDT-SWAP": 1.0,
+    "LTC-USDT-SWAP": 1.0,
+    "BTC-USDC-SWAP": 0.0001,
+    "ETH-USDC-SWAP": 0.001,
+    "BTC-USD-SWAP": 100.0,
+    "ETH-USD-SWAP": 10.0,
+    "SOL-USD-SWAP": 10.0,
+}
+
+_LINEAR_SETTLE = ("USDT", "USDC")
+_SWAP = re.compile(r"^[A-Z0-9]+-[A-Z0-9]+-SWAP$")
+_FUTURE = re.compile(r"^[A-Z0-9]+-[A-Z0-9]+-\d{6}$")
+_SPOT = re.compile(r"^[A-Z0-9]+-[A-Z0-9]+$")
+
+
+class Kind(enum.Enum):
+    """What an instrument is, with its vault folder names and output ``market`` word."""
+
+    SWAP = ("perps", "perp")
+    FUTURES = ("futures", "futures")
+    SPOT = ("spot", "spot")
+
+    @property
+    def folder(self) -> str:
+        return self.value[0]
+
+    @property
+    def market(self) -> str:
+        return self.value[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """One OKX instrument as the analyzer sees it.
+
+    ``ct_val`` is ``None`` for spot; ``inverse`` instruments have ``ct_val`` in USD and a
+    notional of ``sz × ctVal``, linear ones ``sz × ctVal × px``, spot ``sz × px``.
+    """
+
+    inst_id: str
+    kind: Kind
+    inverse: bool
+    ct_val: float | None
+
+    @property
+    def market(self) -> str:
+        return self.kind.market
+
+    def notional(self, px: float, sz: float) -> float:
+        """USD notional of one trade (SPEC §4)."""
+        if self.inverse:
+            assert self.ct_val is not None
+            return sz * self.ct_val
+        return sz * px * (self.ct_val if self.ct_val is not None else 1.0)
+
+
+def kind_of(inst_id: str) -> Kind:
+    """Classify an instrument id, or raise :class:`ConfigError` for what vstream does not handle."""
+    if _SWAP.match(inst_id):
+        return Kind.SWAP
+    if _FUTURE.match(inst_id):
+        return Kind.FUTURES
+    if _SPOT.match(inst_id):
+        return Kind.SPOT
+    raise ConfigError(
+        f"unsupported instrument id {inst_id!r}: expected a swap (BTC-USDT-SWAP), "
+        "a dated future (BTC-USD-250627) or a spot pair (BTC-USDT)"
+    )
+
+
+class CachedInstrument(msgspec.Struct, frozen=True):
+    """One row of the instrument cache (a subset of OKX ``/api/v5/public/instruments``)."""
+
+    instId: str
+    ctVal: str = ""
+    ctType: str = ""
+    instType: str = ""
+    settleCcy: str = ""
+
+
+class InstrumentCache(msgspec.Struct):
+    """The vault's ``state/instruments/okx.json``: OKX instrument rows by id."""
+
+    fetched_at: str = ""
+    instruments: dict[str, CachedInstrument] = msgspec.field(default_factory=dict)
+
+
+def cache_path(vault: Path) -> Path:
+    return vault / "state" / "instruments" / "okx.json"
+
+
+def load_cache(vault: Path) -> InstrumentCache:
+    """Read the instrument cache; a missing cache is empty, a corrupt one a :class:`ConfigError`."""
+    path = cache_path(vault)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return InstrumentCache()
+    except OSError as exc:
+        raise ConfigError(f"cannot read instrument cache {path}: {exc.strerror or exc}") from exc
+    try:
+        return msgspec.json.decode(raw, type=InstrumentCache)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(
+            f"instrument cache {path} is unreadable ({exc}); delete it or run `vstream live` to refetch"
+        ) from exc
+
+
+def resolve(
+    inst_id: str,
+    overrides: Mapping[str, float] | None = None,
+    cache: InstrumentCache | None = None,
+) -> Instrument:
+    """Build an :class:`Instrument`, taking ``ctVal`` from overrides, then cache, then the table.
+
+    A swap or future with no known ``ctVal`` is a :class:`ConfigError` naming the fix: vstream
+    never guesses a contract size.
+    """
+    kind = kind_of(inst_id)
+    settle = inst_id.split("-")[1]
+    cached = cache.instruments.get(inst_id) if cache is not None else None
+    if kind is Kind.SPOT:
+        return Instrument(inst_id, kind, inverse=False, ct_val=None)
+    if cached is not None and cached.ctType in ("linear", "inverse"):
+        inverse = cached.ctType == "inverse"
+    else:
+        inverse = settle not in _LINEAR_SETTLE
+    ct_val: float | None = None
+    if overrides and inst_id in overrides:
+        ct_val = float(overrides[inst_id])
+    elif cached is not None and cached.ctVal:
+        try:
+            ct_val = float(cached.ctVal)
+        except ValueError:
+            ct_val = None
+    if ct_val is None:
+        ct_val = BUILTIN_CT_VAL.get(inst_id)
+    if ct_val is None or not ct_val > 0:
+        raise ConfigError(
+            f"no contract value (ctVal) known for {inst_id}: pass --ct-val {inst_id}=VALUE, set "
+            f"[ct_val] in the config file, or run `vstream live` once to fill the instrument cache"
+        )
+    return Instrument(inst_id, kind, inverse=inverse, ct_val=ct_val)
+
+
+@dataclass(frozen=True, slots=True)
+class VaultPaths:
+    """Where one instrument's files live in a vault (SPEC §2)."""
+
+    vault: Path
+    inst_id: str
+    kind: Kind
+
+    @classmethod
+    def of(cls, vault: Path | str, inst_id: str) -> VaultPaths:
+        return cls(Path(vault), inst_id, kind_of(inst_id))
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.vault / "raw" / "okx" / f"trades_{self.kind.folder}" / self.inst_id
+
+    @property
+    def derived_dir(self) -> Path:
+        return self.vault / "derived" / "volume" / "okx" / self.kind.folder / self.inst_id
+
+    def output(self, timeframe: str = "1m") -> Path:
+        return self.derived_dir / f"volume_{timeframe}.jsonl"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.vault / "state" / "volume" / "okx" / self.kind.folder
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir / f"{self.inst_id}.state.json"
+
+    @property
+    def rejects(self) -> Path:
+        return self.state_dir / f"{self.inst_id}.rejects.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        return self.state_dir / f"{self.inst_id}.lock"
+
+
+def discover(vault: Path | str) -> list[str]:
+    """Instrument ids that have a raw trade folder in the vault, sorted."""
+    base = Path(vault) / "raw" / "okx"
+    found: set[str] = set()
+    for kind in Kind:
+        folder = base / f"trades_{kind.folder}"
+        if folder.is_dir():
+            for child in folder.iterdir():
+                if child.is_dir():
+                    try:
+                        if kind_of(child.name) is kind:
+                            found.add(child.name)
+                    except ConfigError:
+                        continue
+    return sorted(found)

@@ -1,0 +1,134 @@
+"""Settings: every threshold of the bar contract, with SPEC defaults, and their loading."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .errors import ConfigError
+
+#: Timeframes a run can produce, in minutes.
+TIMEFRAMES: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "1h": 60}
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything that shapes bars, plus run options. Defaults are those of SPEC.md §5/§6.
+
+    ``ct_val`` maps an instrument id to an explicit contract value; it overrides the instrument
+    cache and the built-in table.
+    """
+
+    whale_usd: float = 100_000.0
+    median_window: int = 100
+    min_history: int = 20
+    absorption_volume_ratio: float = 2.0
+    absorption_max_price_pct: float = 0.1
+    divergence_min_price_pct: float = 0.1
+    divergence_min_delta_ratio: float = 0.1
+    grace: float = 2.0
+    ct_val: dict[str, float] = msgspec.field(default_factory=dict)
+    timeframes: tuple[str, ...] = ("1m",)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting that is out of range."""
+        positive = {
+            "whale_usd": self.whale_usd,
+            "absorption_volume_ratio": self.absorption_volume_ratio,
+            "absorption_max_price_pct": self.absorption_max_price_pct,
+            "divergence_min_price_pct": self.divergence_min_price_pct,
+        }
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (math.isfinite(self.divergence_min_delta_ratio) and 0 <= self.divergence_min_delta_ratio <= 1):
+            raise ConfigError(
+                f"divergence_min_delta_ratio must be between 0 and 1, got {self.divergence_min_delta_ratio!r}"
+            )
+        if not (math.isfinite(self.grace) and self.grace >= 0):
+            raise ConfigError(f"grace must be >= 0 seconds, got {self.grace!r}")
+        if self.median_window < 1:
+            raise ConfigError(f"median_window must be >= 1, got {self.median_window}")
+        if not 1 <= self.min_history <= self.median_window:
+            raise ConfigError(
+                f"min_history must be between 1 and median_window ({self.median_window}), got {self.min_history}"
+            )
+        for inst, value in self.ct_val.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"ct_val for {inst} must be a finite number > 0, got {value!r}")
+        if not self.timeframes:
+            raise ConfigError("timeframes must name at least one of " + ", ".join(TIMEFRAMES))
+        for tf in self.timeframes:
+            if tf not in TIMEFRAMES:
+                raise ConfigError(f"unknown timeframe {tf!r}; choose from " + ", ".join(TIMEFRAMES))
+        if "1m" not in self.timeframes:
+            raise ConfigError("timeframes must include 1m (the other timeframes are resumed with it)")
+
+    def fingerprint(self, ct_val: float | None) -> str:
+        """A short hash of what shapes one instrument's bars (not run options like ``grace``)."""
+        shape = [
+            self.whale_usd,
+            self.median_window,
+            self.min_history,
+            self.absorption_volume_ratio,
+            self.absorption_max_price_pct,
+            self.divergence_min_price_pct,
+            self.divergence_min_delta_ratio,
+            ct_val,
+            sorted(self.timeframes, key=TIMEFRAMES.__getitem__),
+        ]
+        return hashlib.sha256(msgspec.json.encode(shape)).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated."""
+        return msgspec.structs.replace(self, **changes)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a mapping of :class:`Settings` fields.
+
+    Unknown keys are an error, so a typo never silently leaves a default in force.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = msgspec.toml.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a TOML table")
+    fields = set(Settings.__struct_fields__)
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+    return data
+
+
+def make_settings(base: Mapping[str, Any] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from a config mapping plus explicit overrides (``None`` = unset).
+
+    ``ct_val`` overrides are merged with the config file's, the command line winning.
+    """
+    values: dict[str, Any] = dict(base or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "ct_val":
+            merged = dict(values.get("ct_val") or {})
+            merged.update(value)
+            values["ct_val"] = merged
+        else:
+            values[key] = value
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"bad setting: {exc}") from exc

@@ -1,0 +1,238 @@
+"""The per-instrument state file, its lock, and the start-of-run consistency checks (SPEC §7).
+
+Resume contract: the state records a position *after* what was consumed — a byte offset per
+input file — together with the assembler's open minute and window, and the byte length of
+each output after its last durable bar. Bars are made durable first (append, flush, fsync),
+then the state is replaced atomically, so a run killed at any instant resumes to the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import filelock
+import msgspec
+
+from .assembler import AssemblerState
+from .errors import LockedError, SinkError, StateError
+from .instruments import VaultPaths
+
+STATE_VERSION = 1
+
+
+class FilePos(msgspec.Struct):
+    """How far one input file has been consumed.
+
+    ``offset`` counts bytes of the (decompressed) content up to the end of the last consumed
+    line, ``lines`` the lines before it. ``tail_crc`` is the CRC-32 of up to 64 bytes before
+    ``offset``, so a file replaced or rewritten under the same name is noticed. For ``.gz``
+    files ``size``/``mtime_ns`` describe the compressed file once it was read to its end.
+    """
+
+    name: str
+    offset: int = 0
+    lines: int = 0
+    tail_crc: int = 0
+    size: int = -1
+    mtime_ns: int = -1
+    complete: bool = False
+
+
+class State(msgspec.Struct, kw_only=True):
+    """The content of ``{INSTID}.state.json``."""
+
+    version: int = STATE_VERSION
+    instId: str
+    fingerprint: str
+    files: dict[str, FilePos] = msgspec.field(default_factory=dict)
+    output_length: int = 0
+    timeframe_lengths: dict[str, int] = msgspec.field(default_factory=dict)
+    rejects_length: int = 0
+    assembler: AssemblerState = msgspec.field(default_factory=AssemblerState)
+    updated_at: str = ""
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not possible (nor needed) on Windows.
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class InstrumentStore:
+    """One instrument's state, lock and output files in a vault.
+
+    The constructor does no I/O. :meth:`open` takes the lock, loads and checks the state against
+    the outputs (cutting back an output that ran ahead of the state) and returns it;
+    :meth:`commit` saves a new state atomically; :meth:`close` releases the lock.
+    """
+
+    def __init__(
+        self, paths: VaultPaths, fingerprint: str, timeframes: tuple[str, ...] = ("1m",)
+    ) -> None:
+        self.paths = paths
+        self.fingerprint = fingerprint
+        self.timeframes = timeframes
+        self._lock = filelock.FileLock(paths.lock, timeout=0, thread_local=False)
+
+    @property
+    def inst_id(self) -> str:
+        return self.paths.inst_id
+
+    def open(self, *, rebuild: bool = False) -> State:
+        """Lock the instrument and return the state to resume from (a fresh one if none)."""
+        try:
+            self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+            self.paths.derived_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"{self.inst_id}: cannot create vault folders: {exc}") from exc
+        try:
+            self._lock.acquire()
+        except filelock.Timeout as exc:
+            raise LockedError(
+                f"{self.inst_id}: another vstream process is working on this instrument "
+                f"(lock {self.paths.lock}); wait for it to finish"
+            ) from exc
+        try:
+            if rebuild:
+                self._remove_all()
+                return self.fresh()
+            return self._load()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def fresh(self) -> State:
+        return State(instId=self.inst_id, fingerprint=self.fingerprint)
+
+    def _outputs(self) -> dict[str, Path]:
+        return {tf: self.paths.output(tf) for tf in self.timeframes}
+
+    def _remove_all(self) -> None:
+        targets = [*self._outputs().values(), self.paths.rejects, self.paths.state]
+        targets += [self.paths.output(tf) for tf in ("5m", "15m", "1h")]
+        for path in targets:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _load(self) -> State:
+        state_path = self.paths.state
+        outputs = self._outputs()
+        hint = f"run again with --rebuild to start {self.inst_id} over from the first input byte"
+        try:
+            raw = state_path.read_bytes()
+        except FileNotFoundError:
+            for path in outputs.values():
+                if path.exists() and path.stat().st_size > 0:
+                    raise StateError(
+                        f"{self.inst_id}: output {path} exists but state {state_path} does not; {hint}"
+                    ) from None
+            return self.fresh()
+        except OSError as exc:
+            raise StateError(f"{self.inst_id}: cannot read state {state_path}: {exc}") from exc
+        try:
+            state = msgspec.json.decode(raw, type=State)
+        except msgspec.DecodeError as exc:
+            raise StateError(f"{self.inst_id}: state {state_path} is unreadable ({exc}); {hint}") from exc
+        if state.version != STATE_VERSION:
+            raise StateError(
+                f"{self.inst_id}: state {state_path} has format version {state.version}, "
+                f"this vstream writes {STATE_VERSION}; {hint}"
+            )
+        if state.instId != self.inst_id:
+            raise StateError(f"{self.inst_id}: state {state_path} belongs to {state.instId}; {hint}")
+        if state.fingerprint != self.fingerprint:
+            raise StateError(
+                f"{self.inst_id}: the settings that shape bars (thresholds, ctVal, timeframes) "
+                f"changed since the state was written; {hint}"
+            )
+        lengths = {"1m": state.output_length, **state.timeframe_lengths}
+        for tf, path in outputs.items():
+            self._cut_back(path, lengths.get(tf, 0), hint)
+        self._cut_back_rejects(state)
+        return state
+
+    def _cut_back(self, path: Path, recorded: int, hint: str) -> None:
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            raise StateError(
+                f"{self.inst_id}: output {path} is missing but the state records {recorded} bytes; {hint}"
+            ) from None
+        if actual < recorded:
+            raise StateError(
+                f"{self.inst_id}: output {path} is shorter ({actual} bytes) than the state "
+                f"records ({recorded}); {hint}"
+            )
+        if actual > recorded:
+            # Bars written after the last checkpoint: they will be computed again.
+            with open(path, "r+b") as handle:
+                handle.truncate(recorded)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def _cut_back_rejects(self, state: State) -> None:
+        path = self.paths.rejects
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            state.rejects_length = 0
+            return
+        if actual > state.rejects_length:
+            with open(path, "r+b") as handle:
+                handle.truncate(state.rejects_length)
+                os.fsync(handle.fileno())
+        elif actual < state.rejects_length:
+            # A user may clear the rejects file; that loses no bar, so carry on from its size.
+            state.rejects_length = actual
+
+    def commit(self, state: State) -> None:
+        """Atomically replace the state file (call only after the outputs were fsynced)."""
+        state.updated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            write_atomic(self.paths.state, _encoder.encode(state))
+        except OSError as exc:
+            raise SinkError(
+                f"{self.inst_id}: cannot write state {self.paths.state}: {exc.strerror or exc}"
+            ) from exc
+
+    def close(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+
+def read_state(path: Path) -> State:
+    """Load a state file without locking (for ``status``); :class:`StateError` if unreadable."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=State)
+    except (OSError, msgspec.DecodeError) as exc:
+        raise StateError(f"state {path} is unreadable: {exc}") from exc
