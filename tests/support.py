@@ -1,0 +1,24 @@
+"""Helpers shared by the tests (importable as ``support`` thanks to tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+#: ../shared/data/real beside the checkout (never copied into the repository).
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+def trade_line(tid: int, px: str, sz: str, side: str, ts: int, inst: str = "BTC-USDT-SWAP", **extra: Any) -> str:
+    """One flat OKX trade object as a JSON line (no newline)."""
+    return json.dumps(
+        {"instId": inst, "tradeId": str(tid), "px": px, "sz": sz, "side": side, "ts": str(ts), **extra},
+        separators=(",", ":"),
+    )
+
+
+def write_lines(path: Path, lines: Iterable[str], newline: str = "\n") -> None:
+    """Write ``lines``, each followed by ``newline``."""
+    path.write_bytes("".join(line + newline for line in lines).encode())
