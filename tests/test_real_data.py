@@ -9,10 +9,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from support import REAL_DATA, write_lines
 
 from vstream import Bar, VaultPaths
-
-from support import REAL_DATA, write_lines
 
 pytestmark = pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/real is not beside the checkout")
 
@@ -85,7 +84,7 @@ def test_2022_capture_dated_future_uses_futures_paths(vault, raw_dir, run_cli):
     lines = capture_lines("BTC-USD-220527")
     assert raw_dir("BTC-USD-220527").parts[-2] == "trades_futures"
     write_lines(raw_dir("BTC-USD-220527") / "2022-05-13.jsonl", lines)
-    status, out, err = run_cli(
+    status, _, err = run_cli(
         "replay", "--instId", "BTC-USD-220527", "--vault", str(vault), "--final",
         "--ct-val", "BTC-USD-220527=100",
     )  # fmt: skip
@@ -115,7 +114,7 @@ def test_cold2511_spot_trades(vault, raw_dir, run_cli):
         for r in rows
     ]  # fmt: skip
     write_lines(raw_dir("BTC-USDT") / "2025-05-16.jsonl", lines)
-    status, out, err = run_cli("replay", "--instId", "BTC-USDT", "--vault", str(vault), "--final")
+    status, _, err = run_cli("replay", "--instId", "BTC-USDT", "--vault", str(vault), "--final")
     assert status == 0, err
     bars = bars_of(vault, "BTC-USDT")
     assert sum(b.trade_count for b in bars) == len(rows) == 135
@@ -123,7 +122,13 @@ def test_cold2511_spot_trades(vault, raw_dir, run_cli):
 
 
 def test_instrument_rows_from_okx_give_ct_val_through_the_cache(vault, raw_dir, run_cli):
-    from vstream.instruments import CachedInstrument, InstrumentCache, cache_path, load_cache, resolve
+    from vstream.instruments import (
+        CachedInstrument,
+        InstrumentCache,
+        cache_path,
+        load_cache,
+        resolve,
+    )
 
     rows = json.loads((REAL_DATA / "cryptofeed_OKX_2022-05-13_swap_instruments_subset.json").read_text())["data"]
     cache = InstrumentCache(instruments={r["instId"]: msgspec.convert(r, CachedInstrument) for r in rows})

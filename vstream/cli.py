@@ -207,7 +207,10 @@ def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vstream`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING,
         format="vstream: %(message)s",
