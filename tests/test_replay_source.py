@@ -1,0 +1,149 @@
+"""The vault replay source: files in name order, partial lines, .gz days, BOM, CRLF (SPEC §2, §3)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from support import trade_line, write_lines
+
+from vstream import ConfigError, ReplaySource, SourceError, VaultPaths
+from vstream.state import read_state
+
+INST = "BTC-USDT-SWAP"
+DAY1 = 1_765_670_400_000  # 2025-12-14T00:00:00Z
+DAY2 = DAY1 + 86_400_000
+
+
+def day_lines(start: int, n: int, tid: int) -> list[str]:
+    return [trade_line(tid + i, "100", "1", "buy", start + i * 30_000) for i in range(n)]
+
+
+def bars(vault) -> list[dict]:
+    return [json.loads(line) for line in VaultPaths.of(vault, INST).output().read_text().splitlines()]
+
+
+def test_files_are_read_in_name_order_across_days_and_gz(vault, raw_dir, run_cli):
+    raw = raw_dir(INST)
+    with gzip.open(raw / "2025-12-14.jsonl.gz", "wt") as handle:
+        handle.write("".join(line + "\n" for line in day_lines(DAY2 - 120_000, 4, 1)))
+    write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 4, 10))
+    (raw / "notes.txt").write_text("not a trade file")
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "trades=8 bars=4 " in out
+    assert [b["timestamp_utc"] for b in bars(vault)] == [
+        "2025-12-14T23:58:00Z", "2025-12-14T23:59:00Z", "2025-12-15T00:00:00Z", "2025-12-15T00:01:00Z"
+    ]  # fmt: skip
+
+
+def test_partial_last_line_waits_for_its_newline(vault, raw_dir, run_cli):
+    path = raw_dir(INST) / "2025-12-14.jsonl"
+    lines = day_lines(DAY1, 6, 1)
+    data = "".join(line + "\n" for line in lines).encode()
+    path.write_bytes(data[:-20])  # the exporter is mid-way through the last line
+    status, out, _ = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert status == 0 and "trades=5 " in out and "rejects=0 " in out
+    state = read_state(VaultPaths.of(vault, INST).state)
+    assert state.files["2025-12-14"].offset == len(data) - len(lines[-1]) - 1
+    path.write_bytes(data)
+    status, out, _ = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert "trades=1 " in out and "rejects=0 " in out
+
+
+def test_final_processes_a_last_line_without_newline(vault, raw_dir, run_cli):
+    path = raw_dir(INST) / "2025-12-14.jsonl"
+    path.write_bytes("\n".join(day_lines(DAY1, 3, 1)).encode())
+    assert "trades=2 " in run_cli("replay", "--instId", INST, "--vault", str(vault))[1]
+    assert "trades=1 " in run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")[1]
+
+
+def test_an_older_file_is_complete_even_without_a_final_newline(vault, raw_dir, run_cli):
+    raw = raw_dir(INST)
+    (raw / "2025-12-14.jsonl").write_bytes("\n".join(day_lines(DAY1, 3, 1)).encode())
+    write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 2, 10))
+    status, out, _ = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert "trades=5 " in out and "rejects=0 " in out
+
+
+def test_bom_and_mixed_line_endings(vault, raw_dir, run_cli):
+    lines = day_lines(DAY1, 4, 1)
+    data = b"\xef\xbb\xbf" + (lines[0] + "\r\n" + lines[1] + "\n\r\n" + lines[2] + "\r\n\n" + lines[3] + "\n").encode()
+    (raw_dir(INST) / "2025-12-14.jsonl").write_bytes(data)
+    status, out, _ = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert "trades=4 " in out and "rejects=0 " in out and "skipped=0 " in out
+
+
+def test_archiving_a_consumed_day_as_gz_continues_seamlessly(vault, raw_dir, run_cli):
+    raw = raw_dir(INST)
+    lines = day_lines(DAY1, 6, 1)
+    write_lines(raw / "2025-12-14.jsonl", lines[:4])
+    assert "trades=4 " in run_cli("replay", "--instId", INST, "--vault", str(vault))[1]
+    with gzip.open(raw / "2025-12-14.jsonl.gz", "wb") as handle:
+        handle.write("".join(line + "\n" for line in lines).encode())
+    (raw / "2025-12-14.jsonl").unlink()
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "trades=2 " in out and "late=0 " in out
+    # a later run skips the archive without reading it again
+    assert "trades=0 " in run_cli("replay", "--instId", INST, "--vault", str(vault))[1]
+
+
+def test_a_day_present_twice_is_an_error(vault, raw_dir, run_cli):
+    raw = raw_dir(INST)
+    write_lines(raw / "2025-12-14.jsonl", day_lines(DAY1, 2, 1))
+    with gzip.open(raw / "2025-12-14.jsonl.gz", "wt") as handle:
+        handle.write("")
+    status, _, err = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert status == 1 and "keep one of them" in err
+
+
+def test_a_replaced_input_file_is_noticed(vault, raw_dir, run_cli):
+    path = raw_dir(INST) / "2025-12-14.jsonl"
+    write_lines(path, day_lines(DAY1, 5, 1))
+    run_cli("replay", "--instId", INST, "--vault", str(vault))
+    write_lines(path, day_lines(DAY1, 5, 500))  # same length, other content
+    status, _, err = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert status == 2 and "replaced or rewritten" in err and "--rebuild" in err
+
+
+def test_corrupt_gzip_is_a_source_error(vault, raw_dir, run_cli):
+    (raw_dir(INST) / "2025-12-14.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    status, _, err = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert status == 1 and "cannot read" in err
+
+
+def test_spot_and_futures_use_their_folders(vault):
+    assert VaultPaths.of(vault, "BTC-USDT").raw_dir.parts[-2:] == ("trades_spot", "BTC-USDT")
+    paths = VaultPaths.of(vault, "BTC-USD-250627")
+    assert paths.output().relative_to(vault).as_posix() == "derived/volume/okx/futures/BTC-USD-250627/volume_1m.jsonl"
+    assert paths.state.relative_to(vault).as_posix() == "state/volume/okx/futures/BTC-USD-250627.state.json"
+    assert paths.rejects.relative_to(vault).as_posix() == "state/volume/okx/futures/BTC-USD-250627.rejects.jsonl"
+    assert VaultPaths.of(vault, "ETH-USDT-SWAP").raw_dir.relative_to(vault).as_posix() == "raw/okx/trades_perps/ETH-USDT-SWAP"
+
+
+def test_constructor_validates_without_io(tmp_path):
+    with pytest.raises(ConfigError):
+        ReplaySource(tmp_path / "nowhere", "NOT AN ID")
+    with pytest.raises(ConfigError):
+        ReplaySource(tmp_path / "nowhere", INST, chunk_bytes=10)
+    ReplaySource(tmp_path / "nowhere", INST)  # a missing vault is fine until it is read
+    assert issubclass(SourceError, Exception)
+
+
+def test_all_discovers_instruments_and_runs_them(vault, raw_dir, run_cli):
+    write_lines(raw_dir("BTC-USDT-SWAP") / "2025-12-14.jsonl", day_lines(DAY1, 3, 1))
+    write_lines(raw_dir("ETH-USDT-SWAP") / "2025-12-14.jsonl",
+                [line.replace("BTC-USDT-SWAP", "ETH-USDT-SWAP") for line in day_lines(DAY1, 2, 1)])  # fmt: skip
+    status, out, err = run_cli("replay", "--all", "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert out.splitlines()[0].startswith("BTC-USDT-SWAP trades=3 ")
+    assert out.splitlines()[1].startswith("ETH-USDT-SWAP trades=2 ")
+
+
+def test_vault_from_environment(vault, raw_dir, run_cli, monkeypatch):
+    write_lines(raw_dir(INST) / "2025-12-14.jsonl", day_lines(DAY1, 3, 1))
+    monkeypatch.setenv("VSTREAM_VAULT", str(vault))
+    status, out, _ = run_cli("replay", "--instId", INST)
+    assert status == 0 and "trades=3 " in out
