@@ -63,7 +63,8 @@ def test_an_older_file_is_complete_even_without_a_final_newline(vault, raw_dir, 
     raw = raw_dir(INST)
     (raw / "2025-12-14.jsonl").write_bytes("\n".join(day_lines(DAY1, 3, 1)).encode())
     write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 2, 10))
-    status, out, _ = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert status == 0, err
     assert "trades=5 " in out and "rejects=0 " in out
 
 
@@ -71,7 +72,8 @@ def test_bom_and_mixed_line_endings(vault, raw_dir, run_cli):
     lines = day_lines(DAY1, 4, 1)
     data = b"\xef\xbb\xbf" + (lines[0] + "\r\n" + lines[1] + "\n\r\n" + lines[2] + "\r\n\n" + lines[3] + "\n").encode()
     (raw_dir(INST) / "2025-12-14.jsonl").write_bytes(data)
-    status, out, _ = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
     assert "trades=4 " in out and "rejects=0 " in out and "skipped=0 " in out
 
 
