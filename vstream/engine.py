@@ -266,6 +266,8 @@ class Engine:
         self._running = False
         self._stop = asyncio.Event()
         self._failure: BaseException | None = None
+        self._failure_raised = False
+        self._broken = False  # a checkpoint failed: durable files are no longer trusted
         self._ckpt_lock = asyncio.Lock()
         self._started = 0.0
         self._batches = 0
@@ -353,7 +355,7 @@ class Engine:
             except Exception as exc:
                 log.error("closing source %r failed: %s", source, exc)
         try:
-            if self._opened and self._failure is None:
+            if self._opened and not self._broken:
                 await self.checkpoint()
         except BaseException as exc:
             error = exc
@@ -368,6 +370,7 @@ class Engine:
         self._release()
         if error is not None:
             raise error
+        self._raise_failure()
 
     def stop(self) -> None:
         """Ask a running engine to end cleanly: stop reading, flush, checkpoint."""
@@ -399,15 +402,20 @@ class Engine:
         ticker = asyncio.create_task(self._tick()) if self._live else None
         try:
             await self._consume(queue, len(tasks))
-            if self._failure is not None:
-                raise self._failure
         finally:
             for task in tasks:
                 task.cancel()
             if ticker is not None:
                 ticker.cancel()
             await _shielded(self._settle(tasks, ticker, owns))
+        self._raise_failure()
         return self.stats
+
+    def _raise_failure(self) -> None:
+        failure = self._failure
+        if failure is not None and not self._failure_raised:
+            self._failure_raised = True
+            raise failure
 
     async def _settle(
         self, tasks: list[asyncio.Task[None]], ticker: asyncio.Task[None] | None, owns: bool
@@ -418,7 +426,7 @@ class Engine:
         self._running = False
         if owns:
             await self.aclose()
-        elif self._failure is None:
+        elif not self._broken:
             await self.checkpoint()
 
     async def _pump(self, source: Source, queue: asyncio.Queue[Batch | BaseException | None]) -> None:
@@ -528,6 +536,8 @@ class Engine:
 
     async def checkpoint(self) -> None:
         """Make bars durable, then save each instrument's state atomically (SPEC §7)."""
+        if self._broken:
+            raise SinkError("an earlier checkpoint failed; this engine writes no more")
         async with self._ckpt_lock:
             for pipe in self._pipes.values():
                 if pipe.store is None or pipe.state is None:
@@ -544,11 +554,16 @@ class Engine:
                 assert pipe.rejects is not None
                 rejected = pipe.rejects.take()
                 pipe.dirty = False
-                lengths = {tf: await pipe.outputs[tf].append(data) for tf, data in pending.items()}
-                state.output_length = lengths.pop("1m")
-                state.timeframe_lengths = lengths
-                state.rejects_length = await pipe.rejects.append(rejected)
-                await asyncio.to_thread(pipe.store.commit, state)
+                try:
+                    lengths = {tf: await pipe.outputs[tf].append(data) for tf, data in pending.items()}
+                    state.output_length = lengths.pop("1m")
+                    state.timeframe_lengths = lengths
+                    state.rejects_length = await pipe.rejects.append(rejected)
+                    await asyncio.to_thread(pipe.store.commit, state)
+                except BaseException:
+                    # What reached the files past the last state is cut back by the next run.
+                    self._broken = True
+                    raise
                 pipe.state = state
                 self._checkpoints += 1
 
@@ -576,15 +591,11 @@ class Engine:
         Must be called before the engine starts running (bars finished earlier are not seen).
         """
         stream = _BarStream()
-        runner = _SinkRunner(stream, "bars()", self._sink_buffer, "block", False, self._fail)
-        if self._opened:
-            runner.start()
-        else:
-            self._user_sinks.append(stream)
+        if not self._opened:
             await self.open()
-            runner = self._runners[-1]
-        if stream is not runner.sink:
-            self._runners.append(runner)
+        runner = _SinkRunner(stream, "bars()", self._sink_buffer, "block", False, self._fail)
+        runner.start()
+        self._runners.append(runner)
         task = None if self._running else asyncio.create_task(self.run())
         try:
             while True:
