@@ -205,3 +205,16 @@ def test_public_api_is_exported_and_documented():
         obj = getattr(vstream, name)
         if callable(obj) and not isinstance(obj, str):
             assert obj.__doc__, f"vstream.{name} has no docstring"
+
+
+async def test_any_source_resumes_in_a_vault_from_its_own_position(tmp_path):
+    trades = [make_trade(i, "100", 1, "buy", 1_765_748_040_000 + i * 60_000) for i in range(1, 31)]
+    whole = CollectingSink()
+    async with Engine([ListSource(INST, trades)], [whole], vault=tmp_path / "a") as engine:
+        await engine.run()
+    async with Engine([ListSource(INST, trades[:12], final=False)], vault=tmp_path / "b") as engine:
+        await engine.run()
+    async with Engine([ListSource(INST, trades)], vault=tmp_path / "b") as engine:
+        await engine.run()  # resumes after the 12th trade: the first 12 are not fed twice
+        assert engine.assembler(INST).counters.trades == 30
+    assert output(tmp_path / "b") == output(tmp_path / "a") == msgspec.json.Encoder().encode_lines(whole.bars)

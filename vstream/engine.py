@@ -28,7 +28,7 @@ from .settings import Settings
 from .sinks import Sink, SinkLike, as_sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
-from .state import InstrumentStore, State
+from .state import FilePos, InstrumentStore, State
 
 log = logging.getLogger("vstream")
 
@@ -329,7 +329,7 @@ class Engine:
             pipe.state = store.open(rebuild=self.rebuild)
             pipe.store = store
             pipe.assembler.restore(pipe.state.assembler)
-            pipe.position = pipe.state.files or None
+            pipe.position = pipe.state.files or pipe.state.position
             pipe.outputs = {
                 tf: JsonlSink(paths.output(tf), autoflush=False) for tf in self.settings.timeframes
             }
@@ -545,9 +545,14 @@ class Engine:
                 if not pipe.dirty and pipe.outputs and all(s.length is not None for s in pipe.outputs.values()):
                     continue
                 # Snapshot synchronously: what is written below is exactly what it describes.
+                position = pipe.position
+                by_file = isinstance(position, dict) and all(
+                    isinstance(p, FilePos) for p in position.values()
+                )
                 state = msgspec.structs.replace(
                     pipe.state,
-                    files=dict(pipe.position or {}),
+                    files=dict(position) if by_file else {},
+                    position=None if by_file else position,
                     assembler=pipe.assembler.snapshot(),
                 )
                 pending = {tf: sink.take() for tf, sink in pipe.outputs.items()}

@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import filelock
 import msgspec
@@ -49,6 +50,8 @@ class State(msgspec.Struct, kw_only=True):
     instId: str
     fingerprint: str
     files: dict[str, FilePos] = msgspec.field(default_factory=dict)
+    #: Where a source that does not read vault files resumes (opaque to vstream).
+    position: Any = None
     output_length: int = 0
     timeframe_lengths: dict[str, int] = msgspec.field(default_factory=dict)
     rejects_length: int = 0
