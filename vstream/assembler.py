@@ -12,9 +12,11 @@ thresholds (tiers, absorption, divergence) are compared in exact rational arithm
 from __future__ import annotations
 
 import time
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable
 from fractions import Fraction
+from math import floor
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -25,6 +27,8 @@ from .trades import Trade
 
 MINUTE_MS = 60_000
 MICRO = 1_000_000
+#: Distinct price texts remembered by :meth:`BarAssembler._price` before it starts over.
+_PRICE_CACHE = 1 << 16
 
 
 class Bar(msgspec.Struct, gc=False, kw_only=True):
@@ -159,13 +163,29 @@ def _round_usd(micro: int) -> int:
     return -((-micro + MICRO // 2) // MICRO)
 
 
-def _fraction(value: float) -> Fraction:
-    # The setting as written (0.1 means one tenth), not its binary approximation.
-    return Fraction(repr(value))
+def _fraction(value: float) -> tuple[int, int]:
+    # The setting as written (0.1 means one tenth), not its binary approximation; as
+    # (numerator, denominator > 0) so the signal tests below are integer cross-multiplications.
+    f = Fraction(repr(value))
+    return f.numerator, f.denominator
+
+
+def _ratio(text: str) -> tuple[int, int]:
+    """An accepted price text as an exact (numerator, denominator > 0)."""
+    whole, _, frac = text.partition(".")
+    if whole.isdigit() and (not frac or frac.isdigit()) and whole.isascii() and frac.isascii():
+        return int(whole + frac), 10 ** len(frac)
+    f = Fraction(text)  # exponent forms: rare enough for the general parser
+    return f.numerator, f.denominator
 
 
 class _Series:
-    """Turns closed aggregates of one timeframe into bars with that timeframe's signals."""
+    """Turns closed aggregates of one timeframe into bars with that timeframe's signals.
+
+    Signals are decided in exact rational arithmetic, done as integer cross-multiplication
+    (same results as with ``Fraction``, a fraction of the cost); a float appears only where a
+    value is printed, and ``int / int`` rounds correctly, as ``float(Fraction)`` does.
+    """
 
     __slots__ = (
         "abs_pct",
@@ -178,6 +198,7 @@ class _Series:
         "minutes",
         "next_start",
         "open",
+        "ordered",
         "window",
     )
 
@@ -186,6 +207,8 @@ class _Series:
         self.minutes = TIMEFRAMES[label]
         self.instrument = instrument
         self.window: deque[int] = deque(maxlen=settings.median_window)
+        # The same totals kept sorted, so the median needs no sort per bar.
+        self.ordered: list[int] = []
         self.min_history = settings.min_history
         self.abs_ratio = _fraction(settings.absorption_volume_ratio)
         self.abs_pct = _fraction(settings.absorption_max_price_pct)
@@ -196,38 +219,51 @@ class _Series:
 
     def finish(self, agg: Aggregate) -> Bar:
         total = agg.buy + agg.sell
-        open_px = Fraction(agg.open_px)
-        pct = (Fraction(agg.close_px) - open_px) * 100 / open_px
-        pct_text = "%+.2f" % float(pct)
+        on, od = _ratio(agg.open_px)
+        cn, cd = _ratio(agg.close_px)
+        # price change in percent = pn / pd exactly (pd > 0: prices are > 0)
+        pn = (cn * od - on * cd) * 100
+        pd = cd * on
+        pct_text = "%+.2f" % (pn / pd)
         if pct_text == "-0.00":
             pct_text = "+0.00"
+        abs_pn = abs(pn)
         delta = agg.buy - agg.sell
         tier: str | None = None
         ratio_text: str | None = None
         absorption = False
-        history = self.window
-        if len(history) >= self.min_history:
-            ordered = sorted(history)
-            n = len(ordered)
+        ordered = self.ordered
+        n = len(ordered)
+        if n >= self.min_history:
             twice_median = 2 * ordered[n // 2] if n % 2 else ordered[n // 2 - 1] + ordered[n // 2]
             if twice_median > 0:
-                ratio = Fraction(2 * total, twice_median)
-                ratio_text = "%.2f" % float(ratio)
-                if ratio < Fraction(1, 2):
+                # ratio = total / median = num / twice_median
+                num = 2 * total
+                ratio_text = "%.2f" % (num / twice_median)
+                if 2 * num < twice_median:
                     tier = "T1"
-                elif ratio < 1:
+                elif num < twice_median:
                     tier = "T2"
-                elif ratio <= 2:
+                elif num <= 2 * twice_median:
                     tier = "T3"
                 else:
                     tier = "T4"
-                absorption = ratio > self.abs_ratio and abs(pct) < self.abs_pct
+                ra, rb = self.abs_ratio
+                pa, pb = self.abs_pct
+                absorption = num * rb > ra * twice_median and abs_pn * pb < pa * pd
         divergence_type: str | None = None
-        if abs(pct) >= self.div_pct and abs(delta) >= self.div_delta * total:
-            if pct > 0 and delta < 0:
+        pa, pb = self.div_pct
+        da, db = self.div_delta
+        if abs_pn * pb >= pa * pd and abs(delta) * db >= da * total:
+            if pn > 0 and delta < 0:
                 divergence_type = "bearish"
-            elif pct < 0 and delta > 0:
+            elif pn < 0 and delta > 0:
                 divergence_type = "bullish"
+        history = self.window
+        if history.maxlen:
+            if len(history) == history.maxlen:
+                del ordered[bisect_left(ordered, history[0])]
+            insort(ordered, total)
         history.append(total)
         rounded_delta = _round_usd(delta)
         bar = Bar(
@@ -296,6 +332,7 @@ class _Series:
         self.open = msgspec.structs.replace(state.open) if state.open is not None else None
         self.window.clear()
         self.window.extend(state.window)
+        self.ordered = sorted(self.window)
         self.next_start = state.next_start
 
 
@@ -327,6 +364,7 @@ class BarAssembler:
         self._minute = self._series["1m"]
         self._higher = [s for label, s in self._series.items() if label != "1m"]
         self._ids: set[str] = set()
+        self._prices: dict[str, float] = {}
         self._whale_micro = round(settings.whale_usd * MICRO)
         self._grace_ms = round(settings.grace * 1000)
         if instrument.inverse:
@@ -344,83 +382,146 @@ class BarAssembler:
         out: list[Bar] = []
         series = self._minute
         agg = series.open
-        minute = agg.start if agg is not None else -1
-        floor = series.next_start
         ids = self._ids
+        ids_add = ids.add
+        prices = self._prices
         scale = self._scale
-        inverse = self.instrument.inverse
+        linear = not self.instrument.inverse
         whale_at = self._whale_micro
-        late = dup = accepted = 0
+        late = dup = 0
+        # The open minute's running totals live in locals while trades stream through (this
+        # loop is the replay hot path); they are written back to ``agg`` whenever the minute
+        # changes and at the end. ``c_id`` < 0: int(c_tid) not computed yet (only ties need it).
+        floor_ms = series.next_start * MINUTE_MS
+        if agg is None:
+            lo_ms = hi_ms = 0
+            buy = sell = whale = whales = base = fills = 0
+            o_px = c_px = c_tid = h_px = l_px = ""
+            o_ts = o_id = c_ts = c_id = h_ts = h_id = l_ts = l_id = 0
+            high = low = 0.0
+        else:
+            lo_ms = agg.start * MINUTE_MS
+            hi_ms = lo_ms + MINUTE_MS
+            buy, sell, whale, whales = agg.buy, agg.sell, agg.whale, agg.whale_count
+            # the minute's trade count is base + len(ids): each accepted trade adds its id
+            base, fills = agg.trades - len(ids), agg.fills
+            o_px, o_ts, o_id = agg.open_px, agg.open_ts, agg.open_id
+            c_px, c_ts, c_id = agg.close_px, agg.close_ts, agg.close_id
+            c_tid = ""
+            h_px, high, h_ts, h_id = agg.high_px, agg.high, agg.high_ts, agg.high_id
+            l_px, low, l_ts, l_id = agg.low_px, agg.low, agg.low_ts, agg.low_id
         for t in trades:
             ts = t.ts
-            m = ts // MINUTE_MS
-            if m != minute:
-                if m < minute or m < floor:
+            if ts >= hi_ms or ts < lo_ms:
+                if ts < lo_ms or ts < floor_ms:
                     late += 1
                     continue
                 # A later minute: the open one is final.
                 if agg is not None:
+                    self._store(agg, buy, sell, whale, whales, base + len(ids), fills)
+                    agg.open_px, agg.open_ts, agg.open_id = o_px, o_ts, o_id
+                    agg.close_px, agg.close_ts = c_px, c_ts
+                    agg.close_id = c_id if c_id >= 0 else int(c_tid)
+                    agg.high_px, agg.high, agg.high_ts, agg.high_id = h_px, high, h_ts, h_id
+                    agg.low_px, agg.low, agg.low_ts, agg.low_id = l_px, low, l_ts, l_id
                     self._close_minute(agg, out)
+                m = ts // MINUTE_MS
+                lo_ms = floor_ms = m * MINUTE_MS
+                hi_ms = lo_ms + MINUTE_MS
                 tid = t.tradeId
                 ids.clear()
-                ids.add(tid)
+                ids_add(tid)
                 px = t.px
-                p = float(px)
-                n = int((t.sz if inverse else t.sz * p) * scale + 0.5)
+                p = prices.get(px)
+                if p is None:
+                    p = self._price(px)
+                n = floor(t.sz * (p if linear else 1.0) * scale + 0.5)
                 iid = int(tid)
                 agg = Aggregate(m, px, ts, iid, px, ts, iid, px, p, ts, iid, px, p, ts, iid)
                 series.open = agg
-                minute = m
-                floor = m
-                self._add(agg, n, t.side, t.count, whale_at)
-                accepted += 1
+                o_px = c_px = h_px = l_px = px
+                o_ts = c_ts = h_ts = l_ts = ts
+                o_id = c_id = h_id = l_id = iid
+                c_tid = tid
+                high = low = p
+                buy = sell = whale = whales = 0
+                if t.side == "buy":
+                    buy = n
+                else:
+                    sell = n
+                if n >= whale_at:
+                    whale = n
+                    whales = 1
+                base = 0
+                fills = t.count
                 continue
             tid = t.tradeId
             if tid in ids:
                 dup += 1
                 continue
-            ids.add(tid)
-            assert agg is not None
+            ids_add(tid)
             px = t.px
-            p = float(px)
-            n = int((t.sz if inverse else t.sz * p) * scale + 0.5)
+            p = prices.get(px)
+            if p is None:
+                p = self._price(px)
+            # floor(x + 0.5) == int(x + 0.5) for x > 0, and floor is the cheaper call
+            n = floor(t.sz * (p if linear else 1.0) * scale + 0.5)
             if t.side == "buy":
-                agg.buy += n
+                buy += n
             else:
-                agg.sell += n
+                sell += n
             if n >= whale_at:
-                agg.whale += n
-                agg.whale_count += 1
-            agg.trades += 1
-            agg.fills += t.count
-            accepted += 1
-            # Order by (ts, tradeId): int(tradeId) only when stamps tie.
-            if ts > agg.close_ts or (ts == agg.close_ts and int(tid) > agg.close_id):
-                agg.close_px, agg.close_ts, agg.close_id = px, ts, int(tid)
-            if ts < agg.open_ts or (ts == agg.open_ts and int(tid) < agg.open_id):
-                agg.open_px, agg.open_ts, agg.open_id = px, ts, int(tid)
-            if p >= agg.high and (p > agg.high or (ts, int(tid)) < (agg.high_ts, agg.high_id)):
-                agg.high_px, agg.high, agg.high_ts, agg.high_id = px, p, ts, int(tid)
-            if p <= agg.low and (p < agg.low or (ts, int(tid)) < (agg.low_ts, agg.low_id)):
-                agg.low_px, agg.low, agg.low_ts, agg.low_id = px, p, ts, int(tid)
-        series.next_start = floor
+                whale += n
+                whales += 1
+            fills += t.count
+            # Order by (ts, tradeId as integer). Stamps tie often; ids of equal length (digits
+            # only) then compare as text, which is cheaper than int() and gives the same order.
+            if ts >= c_ts:
+                if ts > c_ts:
+                    c_px, c_ts, c_tid, c_id = px, ts, tid, -1
+                elif len(tid) == len(c_tid):
+                    if tid > c_tid:
+                        c_px, c_tid, c_id = px, tid, -1
+                else:
+                    if c_id < 0:
+                        c_id = int(c_tid)
+                    iid = int(tid)
+                    if iid > c_id:
+                        c_px, c_tid, c_id = px, tid, iid
+            if ts <= o_ts and (ts < o_ts or int(tid) < o_id):
+                o_px, o_ts, o_id = px, ts, int(tid)
+            if p >= high and (p > high or ts < h_ts or (ts == h_ts and int(tid) < h_id)):
+                h_px, high, h_ts, h_id = px, p, ts, int(tid)
+            if p <= low and (p < low or ts < l_ts or (ts == l_ts and int(tid) < l_id)):
+                l_px, low, l_ts, l_id = px, p, ts, int(tid)
+        if agg is not None:
+            self._store(agg, buy, sell, whale, whales, base + len(ids), fills)
+            agg.open_px, agg.open_ts, agg.open_id = o_px, o_ts, o_id
+            agg.close_px, agg.close_ts = c_px, c_ts
+            agg.close_id = c_id if c_id >= 0 else int(c_tid)
+            agg.high_px, agg.high, agg.high_ts, agg.high_id = h_px, high, h_ts, h_id
+            agg.low_px, agg.low, agg.low_ts, agg.low_id = l_px, low, l_ts, l_id
+        series.next_start = floor_ms // MINUTE_MS
         counters = self.counters
-        counters.trades += accepted
         counters.duplicates += dup
         counters.late += late
         return out
 
-    @staticmethod
-    def _add(agg: Aggregate, n: int, side: str, count: int, whale_at: int) -> None:
-        if side == "buy":
-            agg.buy += n
-        else:
-            agg.sell += n
-        if n >= whale_at:
-            agg.whale += n
-            agg.whale_count += 1
-        agg.trades += 1
-        agg.fills += count
+    def _store(
+        self, agg: Aggregate, buy: int, sell: int, whale: int, whales: int, count: int, fills: int
+    ) -> None:
+        # Accepted trades are counted here, once per minute, not once per trade.
+        self.counters.trades += count - agg.trades
+        agg.buy, agg.sell, agg.whale, agg.whale_count = buy, sell, whale, whales
+        agg.trades, agg.fills = count, fills
+
+    def _price(self, px: str) -> float:
+        """``float(px)``, remembered: prices repeat, and a dict hit is cheaper than float()."""
+        prices = self._prices
+        if len(prices) >= _PRICE_CACHE:
+            prices.clear()
+        p = prices[px] = float(px)
+        return p
 
     def _close_minute(self, agg: Aggregate, out: list[Bar]) -> None:
         series = self._minute
@@ -444,9 +545,12 @@ class BarAssembler:
             self._close_minute(agg, out)
             self._ids.clear()
         done_minute = (now_ms - self._grace_ms) // MINUTE_MS
-        if self._minute.open is None:
-            for higher in self._higher:
-                higher.flush(out, before_minute=done_minute)
+        if self._minute.open is not None:
+            # Trades still to come belong to the open minute or later (earlier ones are late),
+            # so a period that ended by its start is complete: do not hold it back.
+            done_minute = min(done_minute, self._minute.open.start)
+        for higher in self._higher:
+            higher.flush(out, before_minute=done_minute)
         return out
 
     def close(self) -> list[Bar]:

@@ -10,12 +10,13 @@ and reject the same trades; the careful path is the reference.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET, Meta, Raw, UnsetType
 
 #: 2017-01-01T00:00:00Z in milliseconds: nothing older is an OKX trade.
 MIN_TS_MS = 1_483_228_800_000
@@ -23,6 +24,15 @@ MIN_TS_MS = 1_483_228_800_000
 MAX_FUTURE_MS = 86_400_000
 #: Characters of a rejected line kept in its reject record.
 RAW_KEEP = 1000
+#: Plausibility bounds that keep every later computation finite and cheap: a px or sz above
+#: MAX_DECIMAL (or a px below MIN_PX) would overflow the bar's float/Fraction arithmetic, and
+#: a px text or tradeId longer than these would hit Python's int-string limit; no real OKX
+#: trade comes near them. A count outside 1..MAX_COUNT is unreadable and counts as one fill.
+MAX_DECIMAL = 1e15
+MIN_PX = 1e-15
+MAX_PX_CHARS = 64
+MAX_ID_DIGITS = 32
+MAX_COUNT = 1_000_000_000
 
 _TRADE_CHANNELS = frozenset(("trades", "trades-all"))
 _SIDES = frozenset(("buy", "sell"))
@@ -50,14 +60,6 @@ class _Arg(msgspec.Struct, gc=False):
     instId: str = ""
 
 
-class _Line(Trade, gc=False, kw_only=True):
-    # A flat trade and a push envelope share one shape so a chunk decodes in one call.
-    # UNSET (not None) so that an explicit JSON null goes to the careful path.
-    arg: _Arg | UnsetType = UNSET
-    data: list[Trade] | UnsetType = UNSET
-    event: str | UnsetType = UNSET
-
-
 class Reject(msgspec.Struct):
     """A rejected input record, as written to the rejects file (SPEC §3)."""
 
@@ -74,6 +76,8 @@ class Decoded:
     trades: list[Trade] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     skipped: int = 0
+    #: Lines the chunk held, blank ones included (set by ``decode``/``decode_body``).
+    lines: int = 0
 
 
 def _raw_text(raw: bytes | str) -> str:
@@ -87,6 +91,8 @@ def _decimal(value: Any, name: str) -> tuple[str, float] | str:
     if isinstance(value, bool) or value is None:
         return f"{name} must be a decimal number, got {_show(value)}"
     if isinstance(value, (int, float)):
+        if isinstance(value, int) and not -(10**16) < value < 10**16:
+            return f"{name} must be at most {MAX_DECIMAL:g}"  # float() of a huge int overflows
         number = float(value)
         text = repr(value) if isinstance(value, int) else repr(number)
     elif isinstance(value, str):
@@ -100,6 +106,10 @@ def _decimal(value: Any, name: str) -> tuple[str, float] | str:
         return f"{name} must be finite, got {_show(value)}"
     if number <= 0:
         return f"{name} must be > 0"
+    if number > MAX_DECIMAL:
+        return f"{name} must be at most {MAX_DECIMAL:g}"
+    if len(text) > MAX_PX_CHARS:
+        return f"{name} must be at most {MAX_PX_CHARS} characters"
     return text, number
 
 
@@ -146,11 +156,15 @@ def check_trade(obj: Any, inst_id: str, now_ms: int) -> Trade | str:
         return "tradeId must be a non-empty string"
     if not (tid.isascii() and tid.isdigit()):
         return f"tradeId must be a decimal integer, got {_show(tid)}"
+    if len(tid) > MAX_ID_DIGITS:
+        return f"tradeId must be at most {MAX_ID_DIGITS} digits"
     if "px" not in obj:
         return "px missing"
     px = _decimal(obj["px"], "px")
     if isinstance(px, str):
         return px
+    if px[1] < MIN_PX:
+        return f"px must be at least {MIN_PX:g}"
     if "sz" not in obj:
         return "sz missing"
     try:
@@ -161,6 +175,8 @@ def check_trade(obj: Any, inst_id: str, now_ms: int) -> Trade | str:
         return f"sz must be finite, got {_show(obj['sz'])}"
     if sz <= 0:
         return "sz must be > 0"
+    if sz > MAX_DECIMAL:
+        return f"sz must be at most {MAX_DECIMAL:g}"
     side = obj.get("side")
     if side not in _SIDES:
         return "side missing" if side is None else f"side must be buy or sell, got {_show(side)}"
@@ -185,7 +201,87 @@ def _count(value: Any) -> int:
         count = msgspec.convert(value, int, strict=False)
     except msgspec.ValidationError:
         return 1
-    return count if count >= 1 else 1
+    return count if 1 <= count <= MAX_COUNT else 1
+
+
+_ENVELOPE_KEYS = ("arg", "data", "event", "op")
+#: Lines are decoded as one JSON array, joined by this. The raw newline keeps a string from
+#: running across a line boundary (a control character is invalid inside a JSON string), so
+#: a truncated line cannot swallow its neighbour; the item count per chunk must also equal
+#: the line count. Together they catch every accidental merge or split of lines; only a
+#: chunk crafted to hold both a line with two objects and two lines that join into one
+#: object inside an array would still pass (a per-line parse would close that, at a cost of
+#: about 30 % of the decoding time).
+_SEP = b"\n,"
+#: What a fast decoder raises for input it will not take (deep nesting is RecursionError).
+_REFUSED = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
+#: Largest finite float: ``le`` this bound rejects inf in C (msgspec refuses ``lt=inf``).
+_FLOAT_MAX = sys.float_info.max
+#: How long a fast decoder's baked-in "ts not in the future" bound may lag the wall clock.
+#: The bound is at most this much stricter than SPEC §3; a stamp it refuses goes to the
+#: careful path, which applies the exact rule, so the lag never changes what is accepted.
+_BOUND_REFRESH_MS = 3_600_000
+#: Below this many lines a chunk the fast decoders refused is judged line by line.
+_LEAF = 8
+#: Validated price texts kept before the cache starts over (prices repeat heavily).
+_PX_CACHE_MAX = 1 << 16
+
+
+def _px_accepted(text: str) -> bool:
+    """Whether :func:`check_trade` accepts ``text`` as a trade's ``px`` (same rules)."""
+    px = _decimal(text, "px")
+    return not isinstance(px, str) and px[1] >= MIN_PX
+
+
+class _FastKinds:
+    """The typed decoders of the fast paths, for one instrument and one future-stamp bound.
+
+    Every SPEC §3 rule that msgspec can check runs in C during decoding: ``instId`` must be
+    the instrument (a ``Literal``), ``side`` buy/sell, ``sz`` finite and > 0, ``ts`` an integer
+    inside the accepted range, ``count`` in range, ``tradeId``/``px`` strings of a sane
+    length (the plausibility bounds of :func:`check_trade` included). A line
+    with a key that makes it an envelope or a control message (``arg``, ``data``, ``event``,
+    ``op``) fails the flat decoder (those fields only accept "absent"). What C cannot check —
+    ``tradeId`` all digits, ``px`` plain decimal text — is checked per chunk afterwards.
+    Anything refused goes to a slower path; nothing is accepted that the careful path rejects.
+    """
+
+    __slots__ = ("arg", "flat", "lines", "trades", "ts_max")
+
+    def __init__(self, inst_id: str, ts_max: int) -> None:
+        self.ts_max = ts_max
+        fields: list[tuple[Any, ...]] = [
+            ("instId", Literal[inst_id]),
+            ("tradeId", Annotated[str, Meta(min_length=1, max_length=MAX_ID_DIGITS)]),
+            ("px", Annotated[str, Meta(min_length=1, max_length=MAX_PX_CHARS)]),
+            ("sz", Annotated[float, Meta(gt=0.0, le=min(MAX_DECIMAL, _FLOAT_MAX))]),
+            ("side", Literal["buy", "sell"]),
+            ("ts", Annotated[int, Meta(ge=MIN_TS_MS, le=ts_max)]),
+            ("count", Annotated[int, Meta(ge=1, le=MAX_COUNT)], 1),
+        ]
+        opts: dict[str, Any] = {"bases": (Trade,), "gc": False, "kw_only": True}
+        # An envelope element: a trade whatever other keys it carries.
+        element = msgspec.defstruct("_Element", fields, **opts)
+        # A flat line: the same, but an envelope/control key sends the chunk elsewhere.
+        flat = msgspec.defstruct(
+            "_Flat", [*fields, *((k, UnsetType, UNSET) for k in _ENVELOPE_KEYS)], **opts
+        )
+        # Any line shape: trade fields optional (still checked when present), envelope
+        # parts kept raw so a foreign channel's data or an odd ``arg`` cannot fail the chunk.
+        loose = [(f[0], f[1] | UnsetType, f[2] if len(f) > 2 else UNSET) for f in fields]
+        line = msgspec.defstruct(
+            "_AnyLine", [*loose, *((k, Raw | UnsetType, UNSET) for k in _ENVELOPE_KEYS)], **opts
+        )
+        self.flat: msgspec.json.Decoder[list[Trade]] = msgspec.json.Decoder(
+            list[flat], strict=False  # type: ignore[valid-type]
+        )
+        self.lines: msgspec.json.Decoder[list[Any]] = msgspec.json.Decoder(
+            list[line], strict=False  # type: ignore[valid-type]
+        )
+        self.trades: msgspec.json.Decoder[list[Trade]] = msgspec.json.Decoder(
+            list[element], strict=False  # type: ignore[valid-type]
+        )
+        self.arg = msgspec.json.Decoder(_Arg)
 
 
 class LineDecoder:
@@ -193,87 +289,235 @@ class LineDecoder:
 
     One decoder serves one instrument (trades for other instruments are rejects). ``now_ms``,
     the wall clock used for the far-future check, is passed in with every chunk.
+
+    Three paths, fastest first, each falling back to the next for what it cannot take:
+
+    1. *flat*: the whole chunk decoded in one call as flat trades, every trade checked in C
+       (see :class:`_FastKinds`) plus two per-chunk checks; the common case of a vault file.
+    2. *mixed*: the chunk decoded in one call with every line shape allowed, then judged line
+       by line; envelopes, control messages, blank lines and ``pong`` are handled here.
+    3. *careful*: one line at a time with plain JSON decoding and :func:`check_trade`, which
+       names the exact problem. A chunk the mixed decoder refuses is halved until the bad
+       lines are isolated; only those are judged here.
+
+    All three accept and reject exactly the same trades; the careful path is the reference.
     """
 
-    __slots__ = ("_dec_line", "_dec_list", "inst_id")
+    __slots__ = ("_dec_line", "_kinds", "_now", "_px_ok", "inst_id")
 
     def __init__(self, inst_id: str) -> None:
         self.inst_id = inst_id
-        # strict=False lets "12" decode into a float and "1630048897897" into an int in C.
-        self._dec_list = msgspec.json.Decoder(list[_Line], strict=False)
         self._dec_line = msgspec.json.Decoder(strict=False)
+        self._kinds: _FastKinds | None = None
+        self._now = 0
+        # Price texts already found to be plain positive decimals.
+        self._px_ok: set[str] = set()
+
+    def _fast_kinds(self, now_ms: int) -> _FastKinds:
+        kinds = self._kinds
+        if kinds is None or not (self._now <= now_ms <= self._now + _BOUND_REFRESH_MS):
+            kinds = self._kinds = _FastKinds(self.inst_id, now_ms + MAX_FUTURE_MS)
+            self._now = now_ms
+        return kinds
 
     def decode(
         self, lines: Sequence[bytes], *, file: str, first_line: int, now_ms: int
     ) -> Decoded:
         """Decode complete lines (newline stripped, ``\\r`` allowed) numbered from ``first_line``."""
         out = Decoded()
-        if not lines:
-            return out
-        if self._fast(lines, now_ms, out):
-            return out
-        out.trades.clear()
-        out.skipped = 0
-        for index, raw in enumerate(lines):
-            self._careful(raw, file, first_line + index, now_ms, out)
+        if lines:
+            self._run(b"[" + _SEP.join(lines) + b"]", lines, file, first_line, now_ms, out)
         return out
 
-    def _fast(self, lines: Sequence[bytes], now_ms: int, out: Decoded) -> bool:
-        # Blank lines and non-ASCII text are rare: leave them to the careful path.
-        if b"" in lines or b"\r" in lines:
-            return False
-        blob = b"[" + b",".join(lines) + b"]"
-        if not blob.isascii() or b"_" in blob:
-            return False
+    def decode_body(self, body: bytes, *, file: str, first_line: int, now_ms: int) -> Decoded:
+        """Decode a run of complete lines as read from a file: ``\\n``-separated, the last
+        newline optional; the first line is numbered ``first_line``."""
+        out = Decoded()
+        if not body:
+            return out
+        # "[l1\n,l2\n,...]" built with one replace and one copy, no per-line objects. The
+        # length grows by one per newline, which counts the lines for free (bytes.count
+        # would scan the chunk again).
+        inner = body.replace(b"\n", _SEP)
+        terminated = body[-1] == 0x0A
+        count = len(inner) - len(body) + (not terminated)
+        blob = bytearray(b"[")
+        blob += inner
+        if terminated:
+            blob[-1] = 0x5D  # the final separator's comma becomes "]"
+        else:
+            blob.append(0x5D)
+        self._run(blob, None, file, first_line, now_ms, out, body, count)
+        return out
+
+    def _run(
+        self,
+        blob: bytes | bytearray,
+        lines: Sequence[bytes] | None,
+        file: str,
+        first_line: int,
+        now_ms: int,
+        out: Decoded,
+        body: bytes = b"",
+        count: int = 0,
+    ) -> None:
+        kinds = self._fast_kinds(now_ms)
+        # Lines are joined with commas, so a broken line can swallow its neighbour (or hold
+        # two values): a decode that does not give one item per line is refused.
+        if lines is not None:
+            count = len(lines)
+        out.lines = count
+        if self._flat(kinds, blob, count, out):
+            return
+        if lines is None:
+            lines = body.split(b"\n")
+            if lines[-1] == b"":
+                lines.pop()
+        self._mixed(kinds, lines, 0, len(lines), file, first_line, now_ms, out)
+        # The mixed path settles some lines early: put rejects back in line order (a stable
+        # sort keeps an envelope's rejects in element order), so the rejects file does not
+        # depend on where a chunk started (a resumed run must write the same bytes).
+        out.rejects.sort(key=_reject_line)
+
+    def _flat(self, kinds: _FastKinds, blob: bytes | bytearray, count: int, out: Decoded) -> bool:
+        if not blob.isascii():
+            return False  # msgspec skips unknown keys without checking that they are UTF-8
         try:
-            items = self._dec_list.decode(blob)
-        except msgspec.DecodeError:
+            trades = kinds.flat.decode(blob)
+        except _REFUSED:
             return False
-        inst = self.inst_id
-        lo = MIN_TS_MS
-        hi = now_ms + MAX_FUTURE_MS
-        trades = out.trades
-        append = trades.append
-        skipped = 0
-        inf = math.inf
-        for item in items:
-            data: Sequence[Trade]
-            if isinstance(item.data, UnsetType):
-                if item.event is not UNSET or item.arg is not UNSET:
-                    skipped += 1
-                    continue
-                data = (item,)
-            else:
-                data = item.data
-                arg = item.arg
-                if (
-                    item.event is not UNSET
-                    or isinstance(arg, UnsetType)
-                    or arg.channel not in _TRADE_CHANNELS
-                ):
-                    skipped += 1
-                    continue
-            for t in data:
-                sz = t.sz
-                ts = t.ts
-                px = t.px
-                if not (
-                    t.instId == inst
-                    and 0.0 < sz < inf
-                    and lo <= ts <= hi
-                    and t.count >= 1
-                    and (t.side == "buy" or t.side == "sell")
-                    and t.tradeId.isdigit()
-                    # digits with at most one inner dot; anything else is the careful path's
-                    and px.replace(".", "", 1).isdigit()
-                    and px[0] != "."
-                    and px[-1] != "."
-                    and 0.0 < float(px) < inf
-                ):
-                    return False
-                append(t)
-        out.skipped += skipped
+        if len(trades) != count or not self._texts_ok(trades):
+            return False
+        out.trades = trades
         return True
+
+    def _texts_ok(self, trades: list[Trade]) -> bool:
+        """The checks C could not do, done once per chunk: all ``tradeId`` ASCII digits and
+        every distinct ``px`` a plain positive decimal."""
+        if not trades:
+            return True
+        ids = "".join([t.tradeId for t in trades])
+        # bytes.isdigit is a plain table loop, ten times faster than str.isdigit (Unicode);
+        # isascii() first, so the encode below cannot fail and only 0-9 count as digits.
+        if not (ids.isascii() and ids.encode().isdigit()):
+            return False
+        known = self._px_ok
+        new = {t.px for t in trades}
+        new -= known
+        for px in new:
+            if not _px_accepted(px):
+                return False
+        if len(known) > _PX_CACHE_MAX:
+            known.clear()
+        known |= new
+        return True
+
+    def _mixed(
+        self,
+        kinds: _FastKinds,
+        lines: Sequence[bytes],
+        lo: int,
+        hi: int,
+        file: str,
+        first_line: int,
+        now_ms: int,
+        out: Decoded,
+    ) -> None:
+        """Lines ``lo:hi``, in order: each run of lines that start like an object goes through
+        the any-shape decoder; the others (blank, ``pong``, anything odd) through the careful
+        path. Order matters: a trade judged out of turn could close a minute early."""
+        run: list[int] = []
+        for index in range(lo, hi):
+            text = lines[index]
+            # Non-ASCII lines go the careful way: msgspec does not check skipped keys' UTF-8.
+            if text and text[0] == 0x7B and text.isascii():
+                run.append(index)
+                continue
+            if run:
+                self._mixed_kept(kinds, lines, run, file, first_line, now_ms, out)
+                run = []
+            self._careful(text, file, first_line + index, now_ms, out)
+        if run:
+            self._mixed_kept(kinds, lines, run, file, first_line, now_ms, out)
+
+    def _mixed_kept(
+        self,
+        kinds: _FastKinds,
+        lines: Sequence[bytes],
+        kept: list[int],
+        file: str,
+        first_line: int,
+        now_ms: int,
+        out: Decoded,
+    ) -> None:
+        if len(kept) <= _LEAF:
+            for index in kept:
+                self._careful(lines[index], file, first_line + index, now_ms, out)
+            return
+        try:
+            items = kinds.lines.decode(b"[" + _SEP.join([lines[i] for i in kept]) + b"]")
+            if len(items) != len(kept):  # a broken line swallowed a neighbour
+                raise msgspec.DecodeError("lines merged")
+        except _REFUSED:
+            mid = len(kept) // 2
+            self._mixed_kept(kinds, lines, kept[:mid], file, first_line, now_ms, out)
+            self._mixed_kept(kinds, lines, kept[mid:], file, first_line, now_ms, out)
+            return
+        self._judge(kinds, lines, kept, items, file, first_line, now_ms, out)
+
+    def _judge(
+        self,
+        kinds: _FastKinds,
+        lines: Sequence[bytes],
+        kept: list[int],
+        items: list[Any],
+        file: str,
+        first_line: int,
+        now_ms: int,
+        out: Decoded,
+    ) -> None:
+        """Judge decoded lines in order; a line with anything unusual goes to the careful path."""
+        trades = out.trades
+        for index, item in zip(kept, items, strict=True):
+            if not (item.arg is UNSET and item.data is UNSET and item.event is UNSET and item.op is UNSET):
+                got = self._envelope(kinds, item)
+                if got is None:
+                    self._careful(lines[index], file, first_line + index, now_ms, out)
+                elif got == "skip":
+                    out.skipped += 1
+                else:
+                    trades.extend(got)
+                continue
+            if (
+                item.ts is UNSET
+                or item.instId is UNSET
+                or item.tradeId is UNSET
+                or item.px is UNSET
+                or item.sz is UNSET
+                or item.side is UNSET
+                or not self._texts_ok([item])
+            ):
+                self._careful(lines[index], file, first_line + index, now_ms, out)
+            else:
+                trades.append(item)
+
+    def _envelope(self, kinds: _FastKinds, item: Any) -> list[Trade] | Literal["skip"] | None:
+        """The trades of a push envelope, "skip" for a message to skip, None if unsure."""
+        if item.event is not UNSET or item.data is UNSET or item.arg is UNSET:
+            return "skip"  # a control message, or no channel or no data: nothing to judge
+        if item.op is not UNSET:
+            return None  # odd enough for the careful path
+        try:
+            arg = kinds.arg.decode(item.arg)
+        except _REFUSED:
+            return None
+        if arg.channel not in _TRADE_CHANNELS:
+            return "skip"
+        try:
+            trades = kinds.trades.decode(item.data)
+        except _REFUSED:
+            return None
+        return trades if self._texts_ok(trades) else None
 
     def _careful(self, raw: bytes, file: str, line: int, now_ms: int, out: Decoded) -> None:
         text = raw.rstrip(b"\r")
@@ -284,6 +528,12 @@ class LineDecoder:
             return
         try:
             obj = self._dec_line.decode(text)
+        except UnicodeDecodeError:  # msgspec raises it for bad bytes inside a string
+            out.rejects.append(Reject(file, line, "line is not valid UTF-8", _raw_text(text)))
+            return
+        except RecursionError:
+            out.rejects.append(Reject(file, line, "invalid JSON: nested too deeply", _raw_text(text)))
+            return
         except msgspec.DecodeError as exc:
             out.rejects.append(Reject(file, line, _json_error(exc, text), _raw_text(text)))
             return
@@ -313,6 +563,10 @@ class LineDecoder:
             out.rejects.append(Reject(file, line, verdict, _raw_text(text)))
         else:
             out.trades.append(verdict)
+
+
+def _reject_line(reject: Reject) -> int:
+    return reject.line
 
 
 def _dump(value: Any) -> str:

@@ -1,0 +1,364 @@
+"""``python -m bench``: replay throughput against the decoding floor, memory, several
+instruments, an optional pandas baseline, and the live path's cost and bar latency.
+
+Everything runs on data the benchmark generates itself (in a temporary folder, removed at the
+end unless ``--keep``). Figures are printed as a table; see README "Performance".
+
+What is measured, exactly:
+
+* **decode floor** — the same trade lines, read in the same 1 MiB chunks as ``replay``,
+  each chunk's complete lines framed as one JSON array, decoded by one reused
+  ``msgspec.json.Decoder(list[vstream.Trade], strict=False)``: the plain ``Trade`` Struct
+  (``gc=False``, same fields and types), no validation, no bars. Only the ``decode`` calls
+  are timed (reading and framing are not), so the floor is as low as it can honestly be.
+* **replay** — ``vstream replay --instId ... --final --rebuild`` in a fresh process on the
+  same file: read files, validate every line (SPEC §3), build bars, write bars and state
+  (fsync). Timed inside the process around ``vstream.cli.main`` (best of ``--repeat``) and
+  from outside (interpreter start included). Peak RSS is ``ru_maxrss`` of that process.
+* **several instruments** — ``replay --all`` over two instruments (one worker process each)
+  against the same instruments replayed one after the other; outputs compared byte for byte.
+* **pandas** (optional, ``pip install .[bench]``) — what a user might write instead:
+  ``pandas.read_json(lines=True)`` of the whole file and a one-minute ``resample``.
+* **live** — a loopback :class:`~vstream.testing.fake_okx.FakeOkxServer` in a child process
+  pushes trade frames to an :class:`~vstream.engine.Engine` with the OKX source: the CPU time
+  of the receiving process per trade (websocket frame to bar assembler, everything included),
+  the per-frame cost of the decode + assemble path, and when the bar of a minute reaches a
+  sink compared with the end of that minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import filecmp
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from vstream.generate import write_benchmark_file
+from vstream.trades import Trade
+
+from ._server import INST, serve_trades
+
+CHUNK = 1 << 20  # ReplaySource's default chunk_bytes
+SEP = b"\n,"  # how the decoder frames lines (vstream.trades._SEP)
+
+
+def _raw_file(vault: Path, inst_id: str) -> Path:
+    kind = "trades_spot" if not inst_id.endswith("-SWAP") else "trades_perps"
+    folder = vault / "raw" / "okx" / kind / inst_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "2025-01-01.jsonl"
+
+
+def _chunks(path: Path) -> Any:
+    """Complete lines of ``path`` in ~1 MiB pieces, as replay reads them."""
+    pending = b""
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(CHUNK)
+            if not data:
+                if pending:
+                    yield pending
+                return
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                pending += data
+                continue
+            yield pending + data[: cut + 1]
+            pending = data[cut + 1 :]
+
+
+def decode_floor(path: Path, repeat: int) -> tuple[float, float, int]:
+    """(best decode-only seconds, best read+frame+decode seconds, lines)."""
+    decoder = msgspec.json.Decoder(list[Trade], strict=False)
+    best_decode = best_all = float("inf")
+    lines = 0
+    for _ in range(repeat):
+        spent = 0.0
+        lines = 0
+        started = time.perf_counter()
+        for body in _chunks(path):
+            blob = b"[" + body[:-1].replace(b"\n", SEP) + b"]"
+            t0 = time.perf_counter()
+            lines += len(decoder.decode(blob))
+            spent += time.perf_counter() - t0
+        best_all = min(best_all, time.perf_counter() - started)
+        best_decode = min(best_decode, spent)
+    return best_decode, best_all, lines
+
+
+_CHILD = """
+import json, resource, sys, time
+from vstream.cli import main
+t = time.perf_counter()
+code = main(sys.argv[1:])
+seconds = time.perf_counter() - t
+print(json.dumps({"code": code, "seconds": seconds,
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), file=sys.stderr)
+"""
+
+
+def run_cli(args: list[str]) -> dict[str, Any]:
+    """Run ``vstream <args>`` in a fresh process; its own timing, peak RSS and wall time."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, "-q", *args], capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - started
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    if report["code"] != 0:
+        raise SystemExit(f"vstream {' '.join(args)} failed:\n{proc.stderr}")
+    report["wall"] = wall
+    report["stdout"] = proc.stdout
+    return report
+
+
+def replay(vault: Path, inst_ids: list[str] | None, repeat: int) -> list[dict[str, Any]]:
+    which = ["--all"] if inst_ids is None else [a for i in inst_ids for a in ("--instId", i)]
+    return [
+        run_cli(["replay", *which, "--vault", str(vault), "--final", "--rebuild"])
+        for _ in range(repeat)
+    ]
+
+
+def _outputs(vault: Path) -> list[Path]:
+    return sorted(p for p in (vault / "derived").rglob("*.jsonl"))
+
+
+def multi(tmp: Path, trades: int, repeat: int) -> dict[str, Any]:
+    """Two instruments: ``replay --all`` (a process each) against one after the other."""
+    insts = ["BTC-USDT-SWAP", "ETH-USDT-SWAP"]
+    together, apart = tmp / "multi_all", tmp / "multi_one"
+    for vault in (together, apart):
+        for index, inst in enumerate(insts):
+            path = _raw_file(vault, inst)
+            if vault is together:
+                write_benchmark_file(path, inst, trades, seed=index + 1)
+            else:
+                shutil.copy(_raw_file(together, inst), path)
+    par = min(r["wall"] for r in replay(together, None, repeat))
+    seq_runs = [sum(replay(apart, [i], 1)[0]["wall"] for i in insts) for _ in range(repeat)]
+    seq = min(seq_runs)
+    same = all(
+        filecmp.cmp(a, b, shallow=False)
+        for a, b in zip(_outputs(together), _outputs(apart), strict=True)
+    ) and len(_outputs(together)) == len(insts)
+    return {"trades": trades * len(insts), "parallel": par, "sequential": seq, "identical": same}
+
+
+def pandas_baseline(path: Path) -> tuple[float, int] | str:
+    """Seconds and bars of a naive pandas version, or why it was skipped."""
+    try:
+        import pandas as pd
+    except ImportError:
+        return "skipped: pandas not installed (pip install '.[bench]')"
+    started = time.perf_counter()
+    df = pd.read_json(path, lines=True, dtype={"px": float, "sz": float, "tradeId": str})
+    df["ts"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
+    df["usd"] = df["px"] * df["sz"] * 0.01
+    df["buy_usd"] = df["usd"].where(df["side"] == "buy", 0.0)
+    bars = df.set_index("ts").resample("1min").agg(
+        {"px": ["first", "max", "min", "last"], "usd": "sum", "buy_usd": "sum"}
+    )
+    bars = bars.dropna()
+    return time.perf_counter() - started, len(bars)
+
+
+# -- live --------------------------------------------------------------------------------
+
+
+async def _live(frames: int, per_frame: int, wait_bar: bool) -> dict[str, Any]:
+    from vstream.engine import Engine
+    from vstream.settings import Settings
+    from vstream.sources.okx import OkxSource
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=serve_trades, args=(child, frames, per_frame, 100_000_000))
+    proc.start()
+    loop = asyncio.get_running_loop()
+    ws_url, rest_url = await loop.run_in_executor(None, parent.recv)
+    bars: list[tuple[float, Any]] = []
+
+    def on_bar(bar: Any) -> None:
+        bars.append((time.time(), bar))
+
+    settings = Settings()
+    source = OkxSource([INST], ws_url=ws_url, rest_url=rest_url, grace=settings.grace)
+    result: dict[str, Any] = {}
+    async with Engine([source], sinks=[on_bar], settings=settings) as engine:
+        runner = asyncio.create_task(engine.run())
+        await asyncio.sleep(1.0)  # subscribed
+        # Warm-up burst, then the measured one: CPU of this process per trade received.
+        parent.send("burst")
+        await loop.run_in_executor(None, parent.recv)
+        await asyncio.sleep(0.5)
+        counters = engine.assembler(INST).counters
+
+        def seen() -> int:
+            return counters.trades + counters.late + counters.duplicates
+
+        # The baseline is taken before the burst is sent: trades may be counted before the
+        # pusher reports how many it sent.
+        base = seen()
+        cpu0 = time.process_time()
+        parent.send("burst")
+        sent = await loop.run_in_executor(None, parent.recv)
+        deadline = time.monotonic() + 30
+        target = base + sent
+        # polls a counter another task owns (there is no event to wait on)
+        while seen() < target and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        cpu = time.process_time() - cpu0
+        got = seen() - (target - sent)
+        result["late_or_dup"] = counters.late + counters.duplicates
+        result["cpu_us_per_trade"] = cpu / max(1, got) * 1e6
+        result["trades"] = got
+        if wait_bar:
+            # A trade early in a fresh minute; its bar must come grace + a little after it ends.
+            now = time.time()
+            await asyncio.sleep(60 - now % 60 + 0.05)
+            parent.send("one")
+            ts_ms = await loop.run_in_executor(None, parent.recv)
+            minute_end = (ts_ms // 60_000 + 1) * 60.0
+            count = len(bars)
+            while time.time() < minute_end + settings.grace + 5:
+                await asyncio.sleep(0.01)
+                fresh = [t for t, b in bars[count:] if b.timestamp_utc.endswith("Z")]
+                if fresh:
+                    result["bar_after_minute_end_s"] = fresh[0] - minute_end
+                    break
+        engine.stop()
+        await runner
+    parent.send("stop")
+    proc.join(10)
+    return result
+
+
+def live_path_cost(per_frame: int, frames: int) -> float:
+    """Median microseconds per trade of the live decode + assemble path, timed per frame."""
+    from vstream.assembler import BarAssembler
+    from vstream.instruments import resolve
+    from vstream.settings import Settings
+    from vstream.trades import LineDecoder
+
+    decoder = LineDecoder(INST)
+    assembler = BarAssembler(resolve(INST, {}, None), Settings())
+    now_ms = int(time.time() * 1000)
+    encode = msgspec.json.encode
+    tid = 1_000_000
+    per_trade: list[float] = []
+    for _ in range(frames):
+        raws = []
+        for _ in range(per_frame):
+            tid += 1
+            raws.append(
+                encode({"instId": INST, "tradeId": str(tid), "px": "60000.1", "sz": "3",
+                        "side": "buy", "ts": str(now_ms), "count": "1", "source": "0"})
+            )  # fmt: skip
+        started = time.perf_counter()
+        # as the OKX source does: each record of a frame decoded, then fed as one batch
+        trades = []
+        for raw in raws:
+            trades += decoder.decode([raw], file="ws", first_line=1, now_ms=now_ms).trades
+        assembler.feed(trades)
+        per_trade.append((time.perf_counter() - started) / per_frame * 1e6)
+    return statistics.median(per_trade)
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()} "
+        f"({platform.python_implementation()}), msgspec {msgspec.__version__}, {platform.system()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trades", type=int, default=2_000_000, help="trade lines (2000000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure, best kept (3)")
+    parser.add_argument("--no-multi", action="store_true", help="skip the two-instrument run")
+    parser.add_argument("--no-pandas", action="store_true", help="skip the pandas baseline")
+    parser.add_argument("--no-live", action="store_true", help="skip the live figures")
+    parser.add_argument("--no-bar-wait", action="store_true", help="live: skip the bar latency (waits up to a minute)")
+    parser.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
+    args = parser.parse_args()
+
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="vstream-bench-"))
+    rows: list[tuple[str, str]] = []
+
+    def show(name: str, value: str) -> None:
+        rows.append((name, value))
+        print(f"{name:<44} {value}", flush=True)
+
+    try:
+        print(f"machine: {machine()}")
+        vault = tmp / "vault"
+        path = _raw_file(vault, INST)
+        t0 = time.perf_counter()
+        write_benchmark_file(path, INST, args.trades)
+        size = path.stat().st_size
+        print(f"data: {args.trades} trade lines, {size / 1e6:.0f} MB, {size / args.trades:.0f} bytes/line "
+              f"(generated in {time.perf_counter() - t0:.1f} s)\n")
+
+        floor, floor_all, lines = decode_floor(path, args.repeat)
+        show("decode floor (decode calls only)", f"{lines / floor:>12,.0f} trades/s  {floor:6.2f} s")
+        show("decode floor incl. read + framing", f"{lines / floor_all:>12,.0f} trades/s  {floor_all:6.2f} s")
+
+        runs = replay(vault, [INST], args.repeat)
+        best = min(runs, key=lambda r: r["seconds"])
+        show("replay --final (in process)", f"{lines / best['seconds']:>12,.0f} trades/s  {best['seconds']:6.2f} s")
+        show("replay --final (wall, incl. interpreter)", f"{lines / best['wall']:>12,.0f} trades/s  {best['wall']:6.2f} s")
+        show("replay / decode floor", f"{best['seconds'] / floor:>12.2f} x")
+        show("replay peak RSS", f"{max(r['maxrss_kb'] for r in runs) / 1024:>12.0f} MB")
+
+        if not args.no_multi:
+            m = multi(tmp, args.trades // 2, args.repeat)
+            show("2 instruments, replay --all (wall)", f"{m['trades'] / m['parallel']:>12,.0f} trades/s  {m['parallel']:6.2f} s")
+            show("2 instruments, one after the other (wall)", f"{m['trades'] / m['sequential']:>12,.0f} trades/s  {m['sequential']:6.2f} s")
+            show("2 instruments: speed-up, outputs identical", f"{m['sequential'] / m['parallel']:>12.2f} x  {m['identical']}")
+
+        if not args.no_pandas:
+            got = pandas_baseline(path)
+            if isinstance(got, str):
+                show("pandas read_json + resample", got)
+            else:
+                show("pandas read_json + resample", f"{lines / got[0]:>12,.0f} trades/s  {got[0]:6.2f} s")
+                show("replay speed-up over pandas", f"{got[0] / best['seconds']:>12.1f} x")
+
+        if not args.no_live:
+            show("live: decode+assemble, median per trade", f"{live_path_cost(10, 2000):>12.1f} us (frames of 10)")
+            got_live = asyncio.run(_live(200, 10, not args.no_bar_wait))
+            show("live: receiving process CPU per trade", f"{got_live['cpu_us_per_trade']:>12.1f} us (mean; {got_live['trades']} of 2000 trades reached the assembler in 30 s)")
+            if "bar_after_minute_end_s" in got_live:
+                show("live: bar at sink after its minute ends", f"{got_live['bar_after_minute_end_s'] * 1000:>12.0f} ms (grace 2000 ms)")
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
