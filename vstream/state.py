@@ -9,6 +9,7 @@ then the state is replaced atomically, so a run killed at any instant resumes to
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 import time
@@ -125,9 +126,14 @@ class InstrumentStore:
                 f"(lock {self.paths.lock}); wait for it to finish"
             ) from exc
         try:
+            self._remove_stale_temporaries()
             if rebuild:
+                # The fresh state goes first: a run killed from here on resumes as a fresh
+                # start (outputs cut back to 0), never as "output without a state".
+                state = self.fresh()
+                self.commit(state)
                 self._remove_all()
-                return self.fresh()
+                return state
             return self._load()
         except BaseException:
             self._lock.release()
@@ -139,8 +145,14 @@ class InstrumentStore:
     def _outputs(self) -> dict[str, Path]:
         return {tf: self.paths.output(tf) for tf in self.timeframes}
 
+    def _remove_stale_temporaries(self) -> None:
+        # Left by a process killed inside write_atomic; we hold the lock, so none is in use.
+        for path in self.paths.state_dir.glob(glob.escape(self.paths.state.name) + ".*.tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
     def _remove_all(self) -> None:
-        targets = [*self._outputs().values(), self.paths.rejects, self.paths.state]
+        targets = [*self._outputs().values(), self.paths.rejects]
         targets += [self.paths.output(tf) for tf in ("5m", "15m", "1h")]
         for path in targets:
             with contextlib.suppress(FileNotFoundError):
@@ -158,7 +170,11 @@ class InstrumentStore:
                     raise StateError(
                         f"{self.inst_id}: output {path} exists but state {state_path} does not; {hint}"
                     ) from None
-            return self.fresh()
+            # Saved before any bar is written, so a first run killed after appending bars
+            # finds a state (recording 0 bytes) and cuts the output back (SPEC §7).
+            state = self.fresh()
+            self.commit(state)
+            return state
         except OSError as exc:
             raise StateError(f"{self.inst_id}: cannot read state {state_path}: {exc}") from exc
         try:
@@ -187,6 +203,8 @@ class InstrumentStore:
         try:
             actual = path.stat().st_size
         except FileNotFoundError:
+            if recorded == 0:
+                return  # no bar was durable yet: nothing is lost
             raise StateError(
                 f"{self.inst_id}: output {path} is missing but the state records {recorded} bytes; {hint}"
             ) from None

@@ -1,0 +1,221 @@
+"""Hypothesis fuzz of the line decoder (``vstream.trades.LineDecoder``).
+
+The decoder has a fast path (one typed decode per chunk) and a careful path (line by line, the
+reference). Properties checked on generated lines, from near-valid trades with one field bent
+to arbitrary bytes:
+
+- ``decode`` never raises;
+- what ``decode`` returns (trades, rejects, skipped) equals the careful path run line by line;
+- every non-blank line is accounted for: it gives trades, a reject or a skip.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from vstream.trades import Decoded, LineDecoder
+
+INST = "BTC-USDT-SWAP"
+NOW_MS = 1_765_843_200_000  # 2025-12-16T00:00:00Z: fixed, so the far-future check is stable
+TS = NOW_MS - 3_600_000
+
+_FIELD_VALUES: dict[str, st.SearchStrategy[object]] = {
+    "instId": st.sampled_from([INST, "ETH-USDT-SWAP", "", "btc-usdt-swap", None, 7]),
+    "tradeId": st.one_of(
+        st.integers(0, 10**40).map(str),
+        st.sampled_from(["", "-1", "1.5", "1e3", "١٢", " 12", "12 ", "0x1f", "9" * 33]),
+        st.integers(),
+        st.none(),
+    ),
+    "px": st.one_of(
+        st.sampled_from(
+            ["42219.9", "0.0001", "1e5", "1E-3", "100.", ".5", "-1", "0", "NaN", "Infinity",
+             "1_0", " 5", "+5", "1e400", "1e-400", "1e15", "1e16", "1e-15", "1e-16", "0100",
+             "٣", "1" * 65, "1." + "0" * 70 + "1"]
+        ),
+        st.decimals(allow_nan=False, allow_infinity=False, places=4).map(str),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(-(10**20), 10**20),
+        st.booleans(),
+        st.none(),
+        st.text(max_size=8),
+    ),
+    "sz": st.one_of(
+        st.sampled_from(["12", "0.5", "0", "-3", "nan", "inf", "1e16", "1e15", "1e-320", "1_0"]),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(-(10**20), 10**20),
+        st.booleans(),
+        st.text(max_size=8),
+        st.lists(st.integers(), max_size=2),
+    ),
+    "side": st.sampled_from(["buy", "sell", "BUY", "hold", "", None, 1]),
+    "ts": st.one_of(
+        st.integers(TS - 10**6, TS + 10**6).map(str),
+        st.integers(TS - 10**6, TS + 10**6),
+        st.sampled_from(
+            [str(TS // 1000), "4102444800000", str(NOW_MS + 86_400_000), str(NOW_MS + 86_400_001),
+             "1483228800000", "1483228799999", f"{TS}.0", f"{TS}.5", "1.7e12", "", "x", True]
+        ),
+        st.floats(allow_nan=False, allow_infinity=False),
+    ),
+    "count": st.one_of(
+        st.integers(-5, 10**12), st.sampled_from(["3", "x", 2.0, 2.5, None, "1e3", 10**30])
+    ),
+}
+
+
+@st.composite
+def trade_obj(draw: st.DrawFn) -> dict[str, object]:
+    """A good trade with a few fields replaced by arbitrary values or removed."""
+    obj: dict[str, object] = {
+        "instId": INST,
+        "tradeId": str(draw(st.integers(1, 10**12))),
+        "px": "42219.9",
+        "sz": "12",
+        "side": draw(st.sampled_from(["buy", "sell"])),
+        "ts": str(TS + draw(st.integers(-120_000, 120_000))),
+        "count": "1",
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(_FIELD_VALUES)), max_size=3, unique=True)):
+        if draw(st.booleans()):
+            obj[name] = draw(_FIELD_VALUES[name])
+        else:
+            obj.pop(name, None)
+    if draw(st.booleans()):
+        obj["source"] = "0"
+        obj["seqId"] = draw(st.integers(0, 10**12))
+    return obj
+
+
+def _encode(obj: object) -> bytes:
+    return msgspec.json.encode(obj)
+
+
+@st.composite
+def line(draw: st.DrawFn) -> bytes:
+    """One input line (no newline): mostly trades, envelopes, control messages, garbage."""
+    kind = draw(st.integers(0, 9))
+    if kind <= 3:
+        return _encode(draw(trade_obj()))
+    if kind == 4:
+        data = draw(st.lists(st.one_of(trade_obj(), st.integers(), st.none()), max_size=4))
+        channel = draw(st.sampled_from(["trades", "trades-all", "tickers"]))
+        return _encode({"arg": {"channel": channel, "instId": INST}, "data": data})
+    if kind == 5:
+        return draw(
+            st.sampled_from(
+                [b"pong", b"", b"  ", b"\r", b'{"event":"subscribe","arg":{"channel":"trades"}}',
+                 b'{"event":"error","code":"60012"}', b"null", b"[]", b"[1,2]", b'"x"', b"42",
+                 b'{"data":null,"arg":{"channel":"trades"}}', b'{"arg":null}', b'{"op":"ping"}',
+                 b'{"data":[],"arg":{"channel":"trades"}}', b"\xef\xbb\xbf{}", b"\x00", b"{",
+                 b"[" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000]
+            )
+        )
+    if kind == 6:
+        good = _encode(draw(trade_obj()))
+        cut = draw(st.integers(0, len(good)))
+        return good[:cut] + draw(st.binary(max_size=4)) + good[cut:]
+    if kind == 7:
+        return _encode(draw(trade_obj())) + draw(st.sampled_from([b"\r", b" ", b"\t\r", b"x"]))
+    if kind == 8:
+        return draw(st.binary(max_size=64)).replace(b"\n", b"")
+    return _encode(draw(trade_obj())).replace(b'"buy"', b'"b\\u0075y"')
+
+
+def _careful(decoder: LineDecoder, lines: list[bytes]) -> Decoded:
+    out = Decoded()
+    for index, raw in enumerate(lines):
+        decoder._careful(raw, "f.jsonl", 1 + index, NOW_MS, out)
+    return out
+
+
+def _as_plain(decoded: Decoded) -> tuple[object, object, int]:
+    return (
+        msgspec.to_builtins(decoded.trades),
+        msgspec.to_builtins(decoded.rejects),
+        decoded.skipped,
+    )
+
+
+GOOD = (
+    b'{"instId":"BTC-USDT-SWAP","tradeId":"1","px":"42219.9","sz":"12","side":"buy",'
+    b'"ts":"1765839600000","count":"3","source":"0","seqId":1234}'
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(line(), max_size=12))
+@example([GOOD, GOOD.replace(b'"12"', b'"1e16"')])
+@example([GOOD.replace(b'"42219.9"', b'"1e-16"')])
+@example([GOOD.replace(b'"count":"3"', b'"count":1000000000000000000000000000000')])
+@example([GOOD.replace(b'"1"', b'"' + b"1" * 40 + b'"', 1)])
+@example([GOOD.replace(b'"seqId":1234', b'"x":' + b"[" * 3000 + b"]" * 3000)])
+@example([b'{"event":"', b"\x80", b'"'])  # non-UTF-8 only once lines are joined
+@example([GOOD[:-1] + b',"x":"', b'"}'])  # two broken lines that join into one trade
+@example([GOOD[:-1] + b',"x":"', b'"}'] * 5 + [b'{"event":"x"}', b"pong"] * 6)
+def test_fast_path_equals_careful_path(lines: list[bytes]) -> None:
+    decoder = LineDecoder(INST)
+    fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+    careful = _careful(LineDecoder(INST), lines)
+    assert _as_plain(fast) == _as_plain(careful)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(line(), min_size=1, max_size=8))
+def test_every_line_is_accounted_for(lines: list[bytes]) -> None:
+    decoder = LineDecoder(INST)
+    for index, raw in enumerate(lines):
+        out = Decoded()
+        decoder._careful(raw, "f.jsonl", index + 1, NOW_MS, out)
+        if not raw.rstrip(b"\r").strip():
+            assert (out.trades, out.rejects, out.skipped) == ([], [], 0)
+            continue
+        if not (out.trades or out.rejects or out.skipped):
+            # only a trades envelope with an empty data list holds nothing to count
+            obj = msgspec.json.decode(raw)
+            assert obj["data"] == [] and obj["arg"]["channel"] in ("trades", "trades-all")
+        assert out.skipped <= 1
+        for reject in out.rejects:
+            assert reject.line == index + 1 and reject.error and len(reject.raw) <= 1000
+            msgspec.json.encode(reject)  # always writable to the rejects file
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"")), max_size=6))
+def test_arbitrary_bytes_never_raise(lines: list[bytes]) -> None:
+    decoder = LineDecoder(INST)
+    fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+    assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines))
+    msgspec.json.encode(fast.rejects)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(trade_obj(), min_size=1, max_size=10))
+def test_accepted_trades_obey_the_contract(objs: list[dict[str, object]]) -> None:
+    lines = [_encode(o) for o in objs]
+    out = LineDecoder(INST).decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+    for t in out.trades:
+        assert t.instId == INST
+        assert t.tradeId.isascii() and t.tradeId.isdigit()
+        assert float(t.px) > 0 and t.sz > 0
+        assert t.side in ("buy", "sell")
+        assert 1_483_228_800_000 <= t.ts <= NOW_MS + 86_400_000
+        assert t.count >= 1
+    assert len(out.trades) + len(out.rejects) == len(objs)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known hole, reported: in one chunk, a line holding two objects and two broken "
+    "lines that join into one (an array left open across the line end) still give one item "
+    "per line, so the fast path accepts three trades the careful path rejects "
+    "(fix: check each item's raw span against its line)",
+)
+def test_split_and_merge_in_one_chunk_are_not_accepted() -> None:
+    two_in_one = GOOD + b"," + GOOD.replace(b'"1"', b'"2"', 1)
+    lines = [two_in_one, GOOD[:-1] + b',"x":[{"z":1}', b'{"q":1}]}']
+    fast = LineDecoder(INST).decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+    assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines))
