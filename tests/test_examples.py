@@ -47,3 +47,36 @@ def test_sqlite_sink_stores_every_bar_idempotently(tmp_path):
 
 
     assert [(b["timestamp_utc"], b["total_volume"], b["volume_tier"]) for b in map(json.loads, lines)] == rows
+
+
+async def test_live_strategy_prints_bars_from_the_fake_okx_server(tmp_path):
+    import asyncio
+    import time
+
+    from vstream.testing import FakeOkxServer
+
+    start = (int(time.time()) // 60 - 4) * 60_000  # four minutes ago, a minute start
+    trades = [
+        {"instId": "BTC-USDT-SWAP", "tradeId": str(100 + i), "px": f"{60000 + i}.5", "sz": str(1 + i % 4),
+         "side": "buy" if i % 3 else "sell", "ts": str(start + i * 9_000)}
+        for i in range(24)
+    ]  # fmt: skip
+    async with FakeOkxServer() as srv:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "examples" / "live_strategy.py"), "--instId", "BTC-USDT-SWAP",
+            "--ws-url", srv.ws_url, "--rest-url", srv.rest_url, "--max-bars", "3",
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(tmp_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        await srv.wait_subscribed("BTC-USDT-SWAP", timeout=30)
+        await srv.push(trades)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    # stop() after the third bar; the minute that was due on the clock by then closes too
+    assert lines[-1] in ("3 bars", "4 bars")
+    assert [line.split()[0] for line in lines[:3]] == [
+        time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(start // 1000 + 60 * k)) for k in range(3)
+    ]
+    assert all("cum_delta=" in line for line in lines[:3])

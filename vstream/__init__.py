@@ -31,6 +31,7 @@ from .settings import Settings
 from .sinks import CallbackSink, Sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
+from .sources.okx import OkxSource
 from .sources.replay import ReplaySource
 from .state import InstrumentStore, State
 from .trades import LineDecoder, Reject, Trade
@@ -53,6 +54,7 @@ __all__ = [
     "Kind",
     "LineDecoder",
     "LockedError",
+    "OkxSource",
     "Reject",
     "RejectError",
     "ReplaySource",

@@ -278,6 +278,7 @@ class Engine:
         if len(set(inst_ids)) != len(inst_ids):
             raise ConfigError("two sources deliver the same instrument")
         self.inst_ids: tuple[str, ...] = tuple(inst_ids)
+        self._source_of: dict[str, Source] = {i: s for s in self.sources for i in s.inst_ids}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -422,7 +423,8 @@ class Engine:
     ) -> None:
         await asyncio.gather(*tasks, *(t for t in [ticker] if t is not None), return_exceptions=True)
         if self._live:
-            self._close_due()
+            for pipe, bars in self._close_due():
+                await self._emit(pipe, bars)
         self._running = False
         if owns:
             await self.aclose()
@@ -479,9 +481,11 @@ class Engine:
             raise SourceError(f"a source delivered {batch.inst_id}, which it did not announce")
         self._batches += 1
         assembler = pipe.assembler
+        bars = assembler.close_due(batch.now_ms) if batch.now_ms is not None else []
         if batch.gap:
             assembler.mark_gap()
-        bars = assembler.feed(batch.trades) if batch.trades else []
+        if batch.trades:
+            bars += assembler.feed(batch.trades)
         counters = assembler.counters
         if batch.rejects:
             counters.rejects += len(batch.rejects)
@@ -564,6 +568,10 @@ class Engine:
                     state.output_length = lengths.pop("1m")
                     state.timeframe_lengths = lengths
                     state.rejects_length = await pipe.rejects.append(rejected)
+                    # A recording source's raw lines must be durable before a state points at them.
+                    sync = getattr(self._source_of.get(pipe.instrument.inst_id), "sync", None)
+                    if sync is not None:
+                        await sync()
                     await asyncio.to_thread(pipe.store.commit, state)
                 except BaseException:
                     # What reached the files past the last state is cut back by the next run.

@@ -28,6 +28,9 @@ class Batch:
     ``position`` is where to resume after this batch (opaque to the engine, saved in the state).
     ``end`` marks the last batch of an input known to be complete: the engine then finishes the
     open bars. ``gap`` asks the engine to flag the open minute as incomplete (live sources).
+    ``now_ms`` (live sources that close minutes in-band) is the wall clock at this point of the
+    stream: before feeding the trades the engine closes the minutes that are ``grace`` past
+    their end at that time, so wall-clock closes are ordered with the trades.
     """
 
     inst_id: str
@@ -37,6 +40,7 @@ class Batch:
     position: Any = None
     end: bool = False
     gap: bool = False
+    now_ms: int | None = None
 
 
 @runtime_checkable
