@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -14,10 +16,15 @@ from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
+from .archive import register_import_okx
 from .assembler import Counters
+from .chart import register_chart
 from .engine import Engine
 from .errors import ConfigError, VStreamError
 from .instruments import discover, kind_of
+from .live import register_live
+from .progress import Progress, ProgressSource
+from .query import register_signals, register_status
 from .settings import TIMEFRAMES, Settings, load_config, make_settings
 from .sources.replay import ReplaySource
 
@@ -105,6 +112,11 @@ def register_demo(sub: argparse._SubParsersAction[Any]) -> None:
 REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_replay,
     register_demo,
+    register_import_okx,
+    register_signals,
+    register_status,
+    register_chart,
+    register_live,
 ]
 
 
@@ -138,13 +150,44 @@ def summary_line(inst_id: str, before: Counters, after: Counters, seconds: float
     return f"{inst_id} {fields} seconds={seconds:.2f} trades/s={rate:.0f}"
 
 
+def _checkpoint_interval() -> float:
+    """Seconds between checkpoints: 5, or ``VSTREAM_CHECKPOINT_INTERVAL`` (undocumented in
+    ``--help``; the crash tests set it tiny so kills land between many checkpoints)."""
+    text = os.environ.get("VSTREAM_CHECKPOINT_INTERVAL", "")
+    if not text:
+        return 5.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"VSTREAM_CHECKPOINT_INTERVAL is not a number: {text!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"VSTREAM_CHECKPOINT_INTERVAL must be >= 0, got {text!r}")
+    return value
+
+
 async def replay_one(
-    vault: Path, inst_id: str, settings: Settings, *, final: bool, rebuild: bool, strict: bool
+    vault: Path,
+    inst_id: str,
+    settings: Settings,
+    *,
+    final: bool,
+    rebuild: bool,
+    strict: bool,
+    progress: Progress | None = None,
 ) -> str:
-    """Catch one instrument up; return its summary line."""
-    source = ReplaySource(vault, inst_id, final=final, strict=strict)
+    """Catch one instrument up; return its summary line (``progress`` shows how far it got)."""
+    source: Any = ReplaySource(vault, inst_id, final=final, strict=strict)
+    if progress is not None and progress.enabled:
+        source = ProgressSource(source, progress)
     started = time.perf_counter()
-    async with Engine([source], settings=settings, vault=vault, rebuild=rebuild) as engine:
+    engine = Engine(
+        [source],
+        settings=settings,
+        vault=vault,
+        rebuild=rebuild,
+        checkpoint_interval=_checkpoint_interval(),
+    )
+    async with engine:
         before = msgspec.structs.replace(engine.assembler(inst_id).counters)
         await engine.run()
         after = engine.assembler(inst_id).counters
@@ -161,13 +204,21 @@ async def _replay(args: argparse.Namespace) -> int:
             raise ConfigError(f"no instruments with trade files under {vault / 'raw' / 'okx'}")
     for inst_id in inst_ids:
         kind_of(inst_id)
+    workers = min(len(inst_ids), os.cpu_count() or 1)
+    if workers > 1:
+        return await _replay_parallel(args, vault, settings, inst_ids, workers)
+    progress = Progress(f"replay {len(inst_ids)} instrument(s)", enabled=False if args.quiet else None)
     results = await asyncio.gather(
         *(
-            replay_one(vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict)
+            replay_one(
+                vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict,
+                progress=progress,
+            )
             for i in inst_ids
         ),
         return_exceptions=True,
     )
+    progress.close()
     status = 0
     for inst_id, result in zip(inst_ids, results, strict=True):
         if isinstance(result, BaseException):
@@ -177,7 +228,132 @@ async def _replay(args: argparse.Namespace) -> int:
     return status
 
 
-def _report(exc: BaseException, inst_id: str | None = None) -> int:
+async def _replay_parallel(
+    args: argparse.Namespace, vault: Path, settings: Settings, inst_ids: list[str], workers: int
+) -> int:
+    """One worker process per instrument, at most ``workers`` at a time.
+
+    Decoding is CPU-bound and holds the GIL, so threads would not help; instruments share
+    nothing, so each worker's output is exactly what a run of that instrument alone writes.
+    Workers are started with ``spawn`` (as on Windows): no event loop or lock is inherited.
+    Results are printed in the order the instruments were given, with the usual exit codes.
+    """
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    loop = asyncio.get_running_loop()
+    ctx = get_context("spawn")
+    progress = Progress(f"replay {len(inst_ids)} instrument(s)", enabled=False if args.quiet else None)
+    # Workers report their progress numbers here; this process draws the one line.
+    queue: Any = ctx.SimpleQueue() if progress.enabled else None
+    relay = threading.Thread(target=_relay_progress, args=(queue, progress), daemon=True)
+    if queue is not None:
+        relay.start()
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(), queue)
+    )
+    try:
+        futures = [
+            loop.run_in_executor(
+                pool, _replay_worker, str(vault), i, settings, args.final, args.rebuild, args.strict
+            )
+            for i in inst_ids
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    finally:
+        # On Ctrl-C the workers got the signal too and are checkpointing: wait for them.
+        pool.shutdown(wait=True, cancel_futures=True)
+        if queue is not None:
+            queue.put(None)
+            relay.join(5)
+        progress.close()
+    status = 0
+    for inst_id, result in zip(inst_ids, results, strict=True):
+        if isinstance(result, BaseException):
+            status = max(status, _report(result, inst_id))
+        elif result[1]:
+            print(f"vstream: {result[0]}", file=sys.stderr, flush=True)
+            status = max(status, result[1])
+        else:
+            print(result[0], flush=True)
+    return status
+
+
+class _RelayProgress(Progress):
+    """A worker's progress: the numbers go to the parent, which draws the line."""
+
+    def __init__(self, queue: Any) -> None:
+        super().__init__("", enabled=True)
+        self._queue = queue
+
+    def add_total(self, nbytes: int) -> None:
+        self._queue.put((nbytes, 0, 0))
+
+    def advance(self, nbytes: int = 0, items: int = 0) -> None:
+        self._queue.put((0, nbytes, items))
+
+
+def _relay_progress(queue: Any, progress: Progress) -> None:
+    while (item := queue.get()) is not None:
+        total, done, items = item
+        if total:
+            progress.add_total(total)
+        if done or items:
+            progress.advance(done, items)
+
+
+_progress_queue: Any = None
+
+
+def _worker_init(parent_pid: int, queue: Any = None) -> None:
+    """Make a replay worker die with its parent (and keep where its progress goes).
+
+    A parent killed outright (SIGKILL, a crashed scheduler) must not leave workers running:
+    they would hold the instruments' locks and the parent's pipes, so the next scheduled run
+    would find the instruments busy. Dying at any instant is safe (SPEC §7), like the parent.
+    """
+    global _progress_queue
+    _progress_queue = queue
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if sys.platform != "win32":
+        import threading
+
+        def watch() -> None:
+            # Also covers the parent dying before prctl above, and systems without prctl.
+            while os.getppid() == parent_pid:
+                time.sleep(0.2)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="vstream-parent-watch", daemon=True).start()
+
+
+def _replay_worker(
+    vault: str, inst_id: str, settings: Settings, final: bool, rebuild: bool, strict: bool
+) -> tuple[str, int]:
+    """Worker-process entry of ``replay``: (summary line, 0) or (error message, exit code)."""
+    logging.basicConfig(level=logging.WARNING, format="vstream: %(message)s", stream=sys.stderr)
+    try:
+        relay = _RelayProgress(_progress_queue) if _progress_queue is not None else None
+        line = run_async(
+            lambda: replay_one(
+                Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
+                progress=relay,
+            )
+        )
+    except BaseException as exc:  # reported by the parent, like an in-process failure
+        message, code = _describe(exc, inst_id)
+        return message, code
+    return line, 0
+
+
+def _describe(exc: BaseException, inst_id: str | None = None) -> tuple[str, int]:
+    """The one-line message and exit code of a failure."""
     if isinstance(exc, VStreamError):
         message, code = str(exc), exc.exit_code
     elif isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
@@ -186,6 +362,11 @@ def _report(exc: BaseException, inst_id: str | None = None) -> int:
         message, code = f"unexpected {type(exc).__name__}: {exc}", 1
     if inst_id and not message.startswith(inst_id):
         message = f"{inst_id}: {message}"
+    return message, code
+
+
+def _report(exc: BaseException, inst_id: str | None = None) -> int:
+    message, code = _describe(exc, inst_id)
     print(f"vstream: {message}", file=sys.stderr, flush=True)
     return code
 

@@ -1,0 +1,633 @@
+"""``vstream signals`` and ``vstream status``: reading what replay wrote, without locking.
+
+Both read only the durable part of an output file — the length the state records — so bars
+a running (or crashed) replay appended after its last checkpoint are never shown: they may be
+cut back and recomputed by the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from .assembler import Bar
+from .errors import ConfigError, StateError
+from .instruments import Kind, VaultPaths, discover, kind_of
+from .settings import TIMEFRAMES
+from .sources.replay import day_files
+from .state import State, read_state, write_atomic
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+TIERS = ("T1", "T2", "T3", "T4")
+
+
+class _Stamp(msgspec.Struct):
+    timestamp_utc: str = ""
+
+
+_stamp = msgspec.json.Decoder(_Stamp)
+_bar = msgspec.json.Decoder(Bar)
+
+
+def parse_time(text: str, now: float) -> str:
+    """A ``--since``/``--until`` value as a ``timestamp_utc`` string (minute precision).
+
+    Accepts ISO dates and times (``2025-12-14``, ``2025-12-14T21:34``, ``...Z``, ``+08:00``;
+    no zone means UTC) and durations back from now (``90m``, ``6h``, ``2d``, ``1w``).
+    """
+    value = text.strip()
+    match = _RELATIVE.match(value)
+    if match:
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        moment = datetime.fromtimestamp(now - seconds, UTC)
+    else:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ConfigError(
+                f"cannot read time {text!r}: use ISO (2025-12-14T21:34Z) or a duration (6h, 2d)"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        moment = moment.astimezone(UTC)
+    return moment.replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``2h``, ``1d`` as seconds."""
+    match = _RELATIVE.match(text.strip())
+    if not match:
+        raise ConfigError(f"cannot read duration {text!r}: use e.g. 90s, 15m, 2h, 1d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+# -- reading outputs ----------------------------------------------------------------------
+
+
+def durable_length(paths: VaultPaths, timeframe: str) -> tuple[Path, int]:
+    """The output file of ``timeframe`` and how many of its bytes are durable.
+
+    Without a readable state the whole file counts (a vault copied without its state).
+    """
+    path = paths.output(timeframe)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        hint = "" if timeframe == "1m" else f" (replay with --timeframes 1m,{timeframe})"
+        raise ConfigError(f"{paths.inst_id}: no {timeframe} bars in {path.parent}{hint}") from None
+    try:
+        state = read_state(paths.state)
+    except StateError:
+        return path, size
+    recorded = state.output_length if timeframe == "1m" else state.timeframe_lengths.get(timeframe)
+    return path, size if recorded is None else min(size, recorded)
+
+
+def _line_at(handle: IO[bytes], pos: int, limit: int) -> tuple[int, bytes]:
+    """The first line starting at or after ``pos`` (its start and bytes); ``b""`` at the end."""
+    if pos > 0:
+        handle.seek(pos - 1)
+        handle.readline()
+        pos = handle.tell()
+    else:
+        handle.seek(0)
+    if pos >= limit:
+        return limit, b""
+    return pos, handle.readline()[: limit - pos]
+
+
+def _seek(handle: IO[bytes], limit: int, key: str) -> int:
+    """Byte offset of the first bar at or after ``key`` (bars are in time order)."""
+    wanted = key.encode()
+
+    def at_or_after(pos: int) -> bool:
+        _, line = _line_at(handle, pos, limit)
+        if not line.strip():
+            return True
+        try:
+            return _stamp.decode(line).timestamp_utc.encode() >= wanted
+        except msgspec.DecodeError:
+            return False
+
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if at_or_after(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return _line_at(handle, lo, limit)[0]
+
+
+def read_bars(
+    paths: VaultPaths, timeframe: str = "1m", since: str | None = None, until: str | None = None
+) -> Iterator[tuple[Bar, bytes]]:
+    """Durable bars of one instrument with ``since <= timestamp_utc < until``, with their lines."""
+    path, limit = durable_length(paths, timeframe)
+    with open(path, "rb") as handle:
+        start = _seek(handle, limit, since) if since else 0
+        handle.seek(start)
+        pos = start
+        while pos < limit:
+            line = handle.readline()
+            if not line:
+                break
+            line = line[: limit - pos]
+            pos += len(line)
+            if not line.endswith(b"\n") or not line.strip():
+                continue
+            try:
+                bar = _bar.decode(line)
+            except msgspec.DecodeError:
+                continue
+            if until is not None and bar.timestamp_utc >= until:
+                break
+            yield bar, line
+
+
+# -- signals ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignalFilter:
+    """Which bars ``vstream signals`` prints.
+
+    A bar matches when its tier is one of ``tiers`` (if given) and it carries at least one of
+    the asked-for signals (if any): absorption, divergence (``"any"``, ``"bearish"``,
+    ``"bullish"``), whale trades.
+    """
+
+    tiers: frozenset[str] = frozenset()
+    absorption: bool = False
+    divergence: str | None = None
+    whale: bool = False
+
+    def matches(self, bar: Bar) -> bool:
+        if self.tiers and bar.volume_tier not in self.tiers:
+            return False
+        if not (self.absorption or self.divergence or self.whale):
+            return True
+        if self.absorption and bar.absorption:
+            return True
+        if self.divergence and bar.divergence and self.divergence in ("any", bar.divergence_type):
+            return True
+        return self.whale and bar.whale_count > 0
+
+
+def find_signals(
+    vault: Path,
+    inst_ids: Sequence[str],
+    flt: SignalFilter,
+    *,
+    timeframe: str = "1m",
+    since: str | None = None,
+    until: str | None = None,
+) -> Iterator[tuple[Bar, bytes]]:
+    """Matching bars of all ``inst_ids``, merged in time order (then by instrument)."""
+    streams = []
+    for inst in inst_ids:
+        paths = VaultPaths.of(vault, inst)
+        durable_length(paths, timeframe)  # fail early and clearly for a missing output
+        streams.append(
+            ((b.timestamp_utc, b.instId, line, b) for b, line in read_bars(paths, timeframe, since, until) if flt.matches(b))
+        )
+    for _, _, line, bar in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
+        yield bar, line
+
+
+def signal_tags(bar: Bar) -> str:
+    """The signals of a bar in words: ``absorption bearish-divergence whale×2``."""
+    tags = []
+    if bar.absorption:
+        tags.append("absorption")
+    if bar.divergence:
+        tags.append(f"{bar.divergence_type}-divergence")
+    if bar.whale_count:
+        tags.append(f"whale×{bar.whale_count}")
+    if bar.gap is True:
+        tags.append("gap")
+    return " ".join(tags)
+
+
+SIGNAL_COLUMNS = ("timestamp_utc", "instId", "close", "chg%", "volume", "delta", "ratio", "tier", "signals")
+
+
+def signal_row(bar: Bar) -> list[str]:
+    return [
+        bar.timestamp_utc,
+        bar.instId + (f" {bar.timeframe}" if isinstance(bar.timeframe, str) else ""),
+        bar.close,
+        bar.price_change_pct,
+        bar.total_volume,
+        bar.delta,
+        bar.volume_ratio or "-",
+        bar.volume_tier or "-",
+        signal_tags(bar),
+    ]
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: set[int]) -> list[str]:
+    """Plain aligned text columns (``right`` holds the indexes of right-aligned ones)."""
+    rows = [list(header), *map(list, rows)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    out = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+# -- status -------------------------------------------------------------------------------
+
+
+@dataclass
+class InstrumentStatus:
+    """One instrument's health, as ``vstream status`` prints it."""
+
+    instId: str
+    last_bar: str | None = None
+    lag_seconds: float | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    rejects_new: int | None = None
+    backlog_bytes: int = 0
+    timeframes: dict[str, str | None] = field(default_factory=dict)
+    replayed: bool = True
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+
+class _Memo(msgspec.Struct):
+    """What the previous ``status`` saw, to tell whether rejects keep coming."""
+
+    checked_at: str = ""
+    rejects: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+def memo_path(vault: Path) -> Path:
+    return vault / "state" / "volume" / "status.json"
+
+
+def _last_line(path: Path, limit: int) -> bytes | None:
+    """The last complete line within the first ``limit`` bytes of ``path``."""
+    if limit <= 0:
+        return None
+    with open(path, "rb") as handle:
+        block = 4096
+        while True:
+            start = max(0, limit - block)
+            handle.seek(start)
+            data = handle.read(limit - start)
+            body = data[: data.rfind(b"\n") + 1] if start + len(data) >= limit else data
+            lines = [ln for ln in body.split(b"\n") if ln.strip()]
+            if len(lines) >= 2 or start == 0:
+                return lines[-1] if lines else None
+            block *= 4
+
+
+def known_instruments(vault: Path) -> list[str]:
+    """Instruments with a state file or trade files in the vault."""
+    found = set(discover(vault))
+    for kind in Kind:
+        folder = vault / "state" / "volume" / "okx" / kind.folder
+        if folder.is_dir():
+            for child in folder.glob("*.state.json"):
+                inst = child.name[: -len(".state.json")]
+                try:
+                    kind_of(inst)
+                except ConfigError:
+                    continue
+                found.add(inst)
+    return sorted(found)
+
+
+def _backlog(paths: VaultPaths, state: State) -> int:
+    total = 0
+    for day, path in day_files(paths.raw_dir):
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        pos = state.files.get(day)
+        if path.name.endswith(".gz"):
+            total += 0 if pos is not None and pos.complete else size
+        else:
+            total += max(0, size - (pos.offset if pos is not None else 0))
+    return total
+
+
+def instrument_status(
+    vault: Path,
+    inst_id: str,
+    *,
+    now: float,
+    max_lag: float | None = None,
+    previous_rejects: int | None = None,
+    required: bool = True,
+) -> InstrumentStatus:
+    """Check one instrument: state readable, outputs consistent, lag, rejects since last time."""
+    paths = VaultPaths.of(vault, inst_id)
+    status = InstrumentStatus(inst_id)
+    if not paths.state.exists():
+        status.replayed = False
+        has_output = paths.output().exists()
+        if has_output:
+            status.problems.append(f"output {paths.output()} exists without a state (replay needs --rebuild)")
+        elif required:
+            status.problems.append("never replayed (no state file)")
+        else:
+            status.notes.append("never replayed")
+        return status
+    try:
+        state = read_state(paths.state)
+    except StateError as exc:
+        status.problems.append(str(exc))
+        return status
+    if state.instId != inst_id:
+        status.problems.append(f"state {paths.state} belongs to {state.instId}")
+        return status
+    status.counters = {f: getattr(state.assembler.counters, f) for f in state.assembler.counters.__struct_fields__}
+    rejects = status.counters.get("rejects", 0)
+    if previous_rejects is not None:
+        status.rejects_new = max(0, rejects - previous_rejects)
+        if status.rejects_new:
+            status.problems.append(f"{status.rejects_new} new rejected lines since the last status (see {paths.rejects})")
+    lengths = {"1m": state.output_length, **state.timeframe_lengths}
+    for tf in sorted(lengths, key=lambda t: TIMEFRAMES.get(t, 0)):
+        recorded = lengths[tf]
+        path = paths.output(tf)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            if recorded:
+                status.problems.append(f"output {path} is missing (state records {recorded} bytes)")
+            status.timeframes[tf] = None
+            continue
+        if size < recorded:
+            status.problems.append(
+                f"output {path} is shorter ({size} bytes) than the state records ({recorded}); "
+                f"replay needs --rebuild"
+            )
+        elif size > recorded:
+            status.notes.append(f"{tf}: {size - recorded} bytes past the last checkpoint (a run is going on or was stopped; replay cuts them back)")
+        line = _last_line(path, min(size, recorded))
+        stamp = None
+        if line is not None:
+            try:
+                stamp = _stamp.decode(line).timestamp_utc or None
+            except msgspec.DecodeError:
+                status.problems.append(f"the last bar of {path} is unreadable")
+        status.timeframes[tf] = stamp
+    status.last_bar = status.timeframes.get("1m")
+    if status.last_bar is not None:
+        start = datetime.strptime(status.last_bar, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        status.lag_seconds = max(0.0, now - (start + 60))
+        if max_lag is not None and status.lag_seconds > max_lag:
+            status.problems.append(f"last bar is {format_duration(status.lag_seconds)} old (more than --max-lag {format_duration(max_lag)})")
+    elif max_lag is not None:
+        status.problems.append("no bars yet (--max-lag is set)")
+    try:
+        status.backlog_bytes = _backlog(paths, state)
+    except OSError as exc:
+        status.problems.append(f"cannot list input files: {exc}")
+    return status
+
+
+def vault_status(
+    vault: Path,
+    inst_ids: Sequence[str] | None = None,
+    *,
+    now: float | None = None,
+    max_lag: float | None = None,
+    remember: bool = True,
+) -> list[InstrumentStatus]:
+    """Status of ``inst_ids`` (default: every instrument in the vault).
+
+    With ``remember``, the rejects count of each instrument is saved beside the states so that
+    the next call can say whether rejects keep coming.
+    """
+    now = time.time() if now is None else now
+    required = inst_ids is not None
+    names = list(dict.fromkeys(inst_ids)) if inst_ids else known_instruments(vault)
+    for inst in names:
+        kind_of(inst)
+    memo_file = memo_path(vault)
+    try:
+        memo = msgspec.json.decode(memo_file.read_bytes(), type=_Memo)
+    except (OSError, msgspec.DecodeError):
+        memo = _Memo()
+    result = [
+        instrument_status(
+            vault, inst, now=now, max_lag=max_lag, previous_rejects=memo.rejects.get(inst),
+            required=required,
+        )
+        for inst in names
+    ]
+    if remember and memo_file.parent.is_dir():
+        for st in result:
+            if "rejects" in st.counters:
+                memo.rejects[st.instId] = st.counters["rejects"]
+        memo.checked_at = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with contextlib.suppress(OSError):  # a read-only vault can still be checked
+            write_atomic(memo_file, msgspec.json.encode(memo))
+    return result
+
+
+def format_duration(seconds: float) -> str:
+    """``3m12s``, ``2h05m``, ``4d03h``."""
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def format_bytes(n: int) -> str:
+    """``512 B``, ``3.4 MB``."""
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"  # pragma: no cover - the loop returns
+
+
+STATUS_COLUMNS = ("instId", "last_bar", "lag", "trades", "bars", "rejects", "duplicates", "late", "backlog", "health")
+
+
+def status_row(st: InstrumentStatus) -> list[str]:
+    c = st.counters
+    rejects = str(c.get("rejects", "-"))
+    if st.rejects_new:
+        rejects += f" (+{st.rejects_new})"
+    return [
+        st.instId,
+        st.last_bar or "-",
+        format_duration(st.lag_seconds) if st.lag_seconds is not None else "-",
+        str(c.get("trades", "-")),
+        str(c.get("bars", "-")),
+        rejects,
+        str(c.get("duplicates", "-")),
+        str(c.get("late", "-")),
+        format_bytes(st.backlog_bytes),
+        "ok" if st.ok else "PROBLEM",
+    ]
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def _tiers(text: str) -> list[str]:
+    import argparse
+
+    items = [t.strip().upper() for t in text.split(",") if t.strip()]
+    for tier in items:
+        if tier not in TIERS:
+            raise argparse.ArgumentTypeError(f"unknown tier {tier!r}; choose from {','.join(TIERS)}")
+    return items
+
+
+def register_signals(sub: Any) -> None:
+    """``vstream signals``: print matching bars of one or more instruments."""
+    from .cli import add_vault_option
+
+    p = sub.add_parser("signals", help="print bars with signals (tier, absorption, divergence, whales)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
+    group.add_argument("--all", action="store_true", help="every instrument with bars in the vault")
+    add_vault_option(p)
+    p.add_argument("--timeframe", choices=list(TIMEFRAMES), default="1m", help="which bars (1m)")
+    p.add_argument("--tier", dest="tiers", type=_tiers, action="append", default=[], metavar="T4",
+                   help="only bars of these tiers (repeatable or T3,T4)")
+    p.add_argument("--absorption", action="store_true", help="bars with absorption")
+    p.add_argument("--divergence", nargs="?", const="any", choices=["any", "bearish", "bullish"],
+                   help="bars with divergence (of this type)")
+    p.add_argument("--whale", action="store_true", help="bars with whale trades")
+    p.add_argument("--since", metavar="ISO", help="from this time (2025-12-14T21:00Z, or 6h, 2d back)")
+    p.add_argument("--until", metavar="ISO", help="before this time (same forms)")
+    p.add_argument("--last", type=int, metavar="N", help="only the last N matching bars")
+    p.add_argument("--json", action="store_true", help="output lines exactly as in the bar files (JSONL)")
+
+    async def handler(args: Any) -> int:
+        import asyncio
+
+        return await asyncio.to_thread(_signals, args)
+
+    p.set_defaults(handler=handler)
+
+
+def _signals(args: Any) -> int:
+    import sys
+    from collections import deque
+
+    from .cli import vault_of
+
+    vault = vault_of(args)
+    now = time.time()
+    if args.all:
+        inst_ids = [i for i in known_instruments(vault) if VaultPaths.of(vault, i).output(args.timeframe).exists()]
+        if not inst_ids:
+            raise ConfigError(f"no {args.timeframe} bars in vault {vault}")
+    else:
+        inst_ids = list(dict.fromkeys(args.inst_ids))
+        for inst in inst_ids:
+            kind_of(inst)
+    if args.last is not None and args.last < 1:
+        raise ConfigError("--last must be >= 1")
+    flt = SignalFilter(
+        tiers=frozenset(t for group in args.tiers for t in group),
+        absorption=args.absorption,
+        divergence=args.divergence,
+        whale=args.whale,
+    )
+    since = parse_time(args.since, now) if args.since else None
+    until = parse_time(args.until, now) if args.until else None
+    found: Iterable[tuple[Bar, bytes]] = find_signals(
+        vault, inst_ids, flt, timeframe=args.timeframe, since=since, until=until
+    )
+    if args.last is not None:
+        found = deque(found, maxlen=args.last)
+    out = sys.stdout
+    if args.json:
+        for _, line in found:
+            out.write(line.decode())
+        out.flush()
+        return 0
+    rows = [signal_row(bar) for bar, _ in found]
+    if not rows:
+        print("no matching bars", file=sys.stderr)
+        return 0
+    for text in format_table(SIGNAL_COLUMNS, rows, right={2, 3, 4, 5, 6}):
+        out.write(text + "\n")
+    out.flush()
+    return 0
+
+
+def register_status(sub: Any) -> None:
+    """``vstream status``: per instrument last bar, lag, counters and health; exit 1 on a problem."""
+    from .cli import add_vault_option
+
+    p = sub.add_parser("status", help="per instrument: last bar, lag, counters, health (exit 1 on a problem)")
+    add_vault_option(p)
+    p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID",
+                   help="only these instruments (default: all in the vault)")
+    p.add_argument("--max-lag", metavar="DURATION", type=parse_duration,
+                   help="a problem when the last 1m bar ended longer ago than this (e.g. 10m); off by default")
+    p.add_argument("--json", action="store_true", help="one JSON object per instrument")
+    p.add_argument("--no-remember", action="store_true",
+                   help="do not save the rejects count for the next status to compare with")
+
+    async def handler(args: Any) -> int:
+        import asyncio
+
+        return await asyncio.to_thread(_status, args)
+
+    p.set_defaults(handler=handler)
+
+
+def _status(args: Any) -> int:
+    import sys
+
+    from .cli import vault_of
+
+    vault = vault_of(args)
+    if not vault.is_dir():
+        raise ConfigError(f"vault {vault} does not exist")
+    result = vault_status(vault, args.inst_ids, max_lag=args.max_lag, remember=not args.no_remember)
+    out = sys.stdout
+    if args.json:
+        for st in result:
+            out.write(msgspec.json.encode(st.to_dict()).decode() + "\n")
+    else:
+        if not result:
+            out.write(f"no instruments in vault {vault}\n")
+        for text in format_table(STATUS_COLUMNS, [status_row(s) for s in result], right={2, 3, 4, 5, 6, 7, 8}):
+            out.write(text + "\n")
+        for st in result:
+            for problem in st.problems:
+                out.write(f"{st.instId}: PROBLEM: {problem}\n")
+            for note in st.notes:
+                out.write(f"{st.instId}: note: {note}\n")
+    out.flush()
+    return 0 if all(s.ok for s in result) else 1
