@@ -206,15 +206,31 @@ def _count(value: Any) -> int:
 
 _ENVELOPE_KEYS = ("arg", "data", "event", "op")
 #: Lines are decoded as one JSON array, joined by this. The raw newline keeps a string from
-#: running across a line boundary (a control character is invalid inside a JSON string), so
-#: a truncated line cannot swallow its neighbour; the item count per chunk must also equal
-#: the line count. Together they catch every accidental merge or split of lines; only a
-#: chunk crafted to hold both a line with two objects and two lines that join into one
-#: object inside an array would still pass (a per-line parse would close that, at a cost of
-#: about 30 % of the decoding time).
+#: running across a line boundary (a control character is invalid inside a JSON string).
+#: Lines could still regroup (one holding two values, two broken ones completing each
+#: other): the flat path admits only chunks with one ``}`` per line and one item per line,
+#: the mixed path checks each value's span against its line.
 _SEP = b"\n,"
 #: What a fast decoder raises for input it will not take (deep nesting is RecursionError).
 _REFUSED = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
+_RAW_LIST = msgspec.json.Decoder(list[Raw])
+
+
+#: Every byte but "}" and newline, deleted by bytes.translate in the alignment check.
+_NOT_BRACE_OR_NEWLINE = bytes(b for b in range(256) if b not in (0x7D, 0x0A))
+
+
+def _one_brace_per_line(blob: bytes | bytearray, count: int) -> bool:
+    """True if each of the ``count`` joined lines holds exactly one ``}``.
+
+    Then no line can hold two objects (each needs its own ``}``), so a decode giving exactly
+    ``count`` objects gives one per line: two broken lines completing each other would give
+    fewer. A flat trade line has exactly one ``}``; anything else takes a slower path. One
+    C-speed pass (translate keeps only braces and newlines), no per-line work.
+    """
+    kept = blob.translate(None, _NOT_BRACE_OR_NEWLINE)
+    one_each = b"}\n" * (count - 1) + b"}"
+    return kept == one_each or kept == one_each + b"\n"
 #: Largest finite float: ``le`` this bound rejects inf in C (msgspec refuses ``lt=inf``).
 _FLOAT_MAX = sys.float_info.max
 #: How long a fast decoder's baked-in "ts not in the future" bound may lag the wall clock.
@@ -382,6 +398,8 @@ class LineDecoder:
     def _flat(self, kinds: _FastKinds, blob: bytes | bytearray, count: int, out: Decoded) -> bool:
         if not blob.isascii():
             return False  # msgspec skips unknown keys without checking that they are UTF-8
+        if not _one_brace_per_line(blob, count):
+            return False
         try:
             trades = kinds.flat.decode(blob)
         except _REFUSED:
@@ -454,10 +472,15 @@ class LineDecoder:
             for index in kept:
                 self._careful(lines[index], file, first_line + index, now_ms, out)
             return
+        texts = [lines[i] for i in kept]
+        blob = b"[" + _SEP.join(texts) + b"]"
         try:
-            items = kinds.lines.decode(b"[" + _SEP.join([lines[i] for i in kept]) + b"]")
-            if len(items) != len(kept):  # a broken line swallowed a neighbour
-                raise msgspec.DecodeError("lines merged")
+            items = kinds.lines.decode(blob)
+            # Joined lines can regroup (one line holding two values, two broken lines
+            # completing each other): each value must span exactly its own line.
+            spans = _RAW_LIST.decode(blob)
+            if len(items) != len(kept) or list(map(len, spans)) != [len(t.strip()) for t in texts]:
+                raise msgspec.DecodeError("lines regrouped")
         except _REFUSED:
             mid = len(kept) // 2
             self._mixed_kept(kinds, lines, kept[:mid], file, first_line, now_ms, out)
