@@ -12,7 +12,6 @@ to arbitrary bytes:
 from __future__ import annotations
 
 import msgspec
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
