@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -218,3 +219,57 @@ async def test_any_source_resumes_in_a_vault_from_its_own_position(tmp_path):
         await engine.run()  # resumes after the 12th trade: the first 12 are not fed twice
         assert engine.assembler(INST).counters.trades == 30
     assert output(tmp_path / "b") == output(tmp_path / "a") == msgspec.json.Encoder().encode_lines(whole.bars)
+
+
+class _Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _TrickleSource(ListSource):
+    """A live source of the simplest kind: it delivers its trades, then waits for more."""
+
+    live = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.done = asyncio.Event()
+
+    async def _iterate(self):  # type: ignore[override]
+        async for batch in super()._iterate():
+            yield batch
+        await self.done.wait()
+
+    async def aclose(self) -> None:
+        self.done.set()
+        await super().aclose()
+
+
+async def test_a_live_source_gets_wall_clock_closing_from_the_engine():
+    m0 = 1_765_748_040_000
+    clock = _Clock(m0 / 1000 + 10)
+    bars: list[Bar] = []
+    got = asyncio.Event()
+
+    def collect(bar: Bar) -> None:
+        bars.append(bar)
+        got.set()
+
+    source = _TrickleSource(INST, [make_trade(1, "100", 1, "buy", m0 + 5_000)], final=False)
+    engine = Engine([source], [collect], settings=Settings(grace=2.0), clock=clock)
+    async with engine:
+        task = asyncio.create_task(engine.run())
+        await asyncio.sleep(0.6)  # the ticker ran: the minute is not over on the clock
+        assert bars == [] and engine.assembler(INST).open_minute is not None
+        clock.t = m0 / 1000 + 61.9  # ended, but within grace
+        await asyncio.sleep(0.6)
+        assert bars == []
+        clock.t = m0 / 1000 + 62.0
+        async with asyncio.timeout(5):
+            await got.wait()
+        engine.stop()
+        await task
+    assert [b.timestamp_utc for b in bars] == ["2025-12-14T21:34:00Z"]
