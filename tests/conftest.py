@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from vstream.cli import main
 from vstream.instruments import VaultPaths
+
+# CI explores the same examples every run, so a red CI always means a reproducible failure;
+# locally hypothesis keeps searching for new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture
