@@ -94,32 +94,18 @@ class Aggregate(msgspec.Struct, gc=False):
 
     def merge(self, other: Aggregate) -> None:
         """Fold a later (or overlapping) aggregate into this one, order-independently."""
+        # Open/close: first/last by (ts, tradeId); high/low: the extreme price, ties going to
+        # the first trade by that order. Each is one tuple comparison.
         if (other.open_ts, other.open_id) < (self.open_ts, self.open_id):
             self.open_px, self.open_ts, self.open_id = other.open_px, other.open_ts, other.open_id
         if (other.close_ts, other.close_id) > (self.close_ts, self.close_id):
-            self.close_px, self.close_ts, self.close_id = (
-                other.close_px,
-                other.close_ts,
-                other.close_id,
-            )
-        if other.high > self.high or (
-            other.high == self.high and (other.high_ts, other.high_id) < (self.high_ts, self.high_id)
-        ):
-            self.high_px, self.high, self.high_ts, self.high_id = (
-                other.high_px,
-                other.high,
-                other.high_ts,
-                other.high_id,
-            )
-        if other.low < self.low or (
-            other.low == self.low and (other.low_ts, other.low_id) < (self.low_ts, self.low_id)
-        ):
-            self.low_px, self.low, self.low_ts, self.low_id = (
-                other.low_px,
-                other.low,
-                other.low_ts,
-                other.low_id,
-            )
+            self.close_px, self.close_ts, self.close_id = other.close_px, other.close_ts, other.close_id
+        if (-other.high, other.high_ts, other.high_id) < (-self.high, self.high_ts, self.high_id):
+            self.high_px, self.high = other.high_px, other.high
+            self.high_ts, self.high_id = other.high_ts, other.high_id
+        if (other.low, other.low_ts, other.low_id) < (self.low, self.low_ts, self.low_id):
+            self.low_px, self.low = other.low_px, other.low
+            self.low_ts, self.low_id = other.low_ts, other.low_id
         self.buy += other.buy
         self.sell += other.sell
         self.whale += other.whale
