@@ -160,6 +160,13 @@ def test_fast_path_equals_careful_path(lines: list[bytes]) -> None:
     fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
     careful = _careful(LineDecoder(INST), lines)
     assert _as_plain(fast) == _as_plain(careful)
+    if any(b"\n" in raw for raw in lines):
+        return  # not lines of a file
+    # the same lines as a file chunk (replay's path: newline-delimited, no framing)
+    body = LineDecoder(INST).decode_body(
+        b"\n".join(lines) + b"\n", file="f.jsonl", first_line=1, now_ms=NOW_MS
+    )
+    assert _as_plain(body) == _as_plain(careful)
 
 
 @settings(max_examples=300, deadline=None)
@@ -187,8 +194,12 @@ def test_every_line_is_accounted_for(lines: list[bytes]) -> None:
 def test_arbitrary_bytes_never_raise(lines: list[bytes]) -> None:
     decoder = LineDecoder(INST)
     fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
-    assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines))
+    careful = _careful(LineDecoder(INST), lines)
+    assert _as_plain(fast) == _as_plain(careful)
     msgspec.json.encode(fast.rejects)
+    body = b"\n".join(lines)  # unterminated: the last chunk of a complete file
+    got = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+    assert _as_plain(got) == _as_plain(careful)
 
 
 @settings(max_examples=200, deadline=None)
@@ -211,9 +222,20 @@ def test_split_and_merge_in_one_chunk_are_not_accepted() -> None:
     caught on both fast paths: flat trades, and lines mixed with envelopes."""
     two_in_one = GOOD + b"," + GOOD.replace(b'"1"', b'"2"', 1)
     crafted = [two_in_one, GOOD[:-1] + b',"x":[{"z":1}', b'{"q":1}]}']
+    # Newline-delimited values need no comma: one line ends a trade and starts the next,
+    # whose end is the following line. One brace of each kind per line, two trades in all.
+    second = GOOD.replace(b'"1"', b'"4"', 1)
+    cut = second.index(b'"px"')
+    straddle = [GOOD + b" " + second[:cut], second[cut:]]
     envelope = b'{"arg":{"channel":"trades"},"data":[' + GOOD.replace(b'"1"', b'"3"', 1) + b"]}"
     padding = [GOOD.replace(b'"1"', f'"{n}"'.encode(), 1) for n in range(10, 30)]
-    for lines in (crafted, [*padding, *crafted], [envelope, *padding, *crafted, envelope]):
+    for lines in (
+        crafted,
+        [*padding, *crafted],
+        [envelope, *padding, *crafted, envelope],
+        straddle,
+        [*padding, *straddle, *padding],
+    ):
         fast = LineDecoder(INST).decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
         assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines))
         body = b"\n".join(lines) + b"\n"

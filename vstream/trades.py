@@ -218,6 +218,8 @@ _RAW_LIST = msgspec.json.Decoder(list[Raw])
 
 #: Every byte but "}" and newline, deleted by bytes.translate in the alignment check.
 _NOT_BRACE_OR_NEWLINE = bytes(b for b in range(256) if b not in (0x7D, 0x0A))
+#: Every byte but "{", "}" and newline.
+_NOT_BRACES_OR_NEWLINE = bytes(b for b in range(256) if b not in (0x7B, 0x7D, 0x0A))
 
 
 def _one_brace_per_line(blob: bytes | bytearray, count: int) -> bool:
@@ -231,6 +233,25 @@ def _one_brace_per_line(blob: bytes | bytearray, count: int) -> bool:
     kept = blob.translate(None, _NOT_BRACE_OR_NEWLINE)
     one_each = b"}\n" * (count - 1) + b"}"
     return kept == one_each or kept == one_each + b"\n"
+
+
+def _one_pair_per_line(body: bytes) -> int:
+    """How many lines ``body`` holds if each holds exactly one ``{`` and, after it, one ``}``;
+    -1 otherwise.
+
+    Newline-delimited values need no commas, so a line could end one object and start the
+    next (``{..} {"px":`` then ``..}``). With one brace pair per line, in that order, a
+    decode that gives one brace-free object per line cannot have regrouped anything: the
+    first ``{`` opens an object that its line's ``}`` closes, and so on line by line. One
+    C-speed pass (translate keeps only braces and newlines), no per-line objects.
+    """
+    kept = body.translate(None, _NOT_BRACES_OR_NEWLINE)
+    terminated = body[-1:] == b"\n"
+    count = (len(kept) + (not terminated)) // 3
+    shape = b"{}\n" * count if terminated else b"{}\n" * (count - 1) + b"{}"
+    return count if count and kept == shape else -1
+
+
 #: Largest finite float: ``le`` this bound rejects inf in C (msgspec refuses ``lt=inf``).
 _FLOAT_MAX = sys.float_info.max
 #: How long a fast decoder's baked-in "ts not in the future" bound may lag the wall clock.
@@ -262,7 +283,7 @@ class _FastKinds:
     Anything refused goes to a slower path; nothing is accepted that the careful path rejects.
     """
 
-    __slots__ = ("arg", "flat", "lines", "trades", "ts_max")
+    __slots__ = ("arg", "flat", "flat_line", "lines", "trades", "ts_max")
 
     def __init__(self, inst_id: str, ts_max: int) -> None:
         self.ts_max = ts_max
@@ -291,6 +312,8 @@ class _FastKinds:
         self.flat: msgspec.json.Decoder[list[Trade]] = msgspec.json.Decoder(
             list[flat], strict=False  # type: ignore[valid-type]
         )
+        # The same, one line at a time: ``decode_lines`` needs no framing of the chunk.
+        self.flat_line: msgspec.json.Decoder[Trade] = msgspec.json.Decoder(flat, strict=False)
         self.lines: msgspec.json.Decoder[list[Any]] = msgspec.json.Decoder(
             list[line], strict=False  # type: ignore[valid-type]
         )
@@ -351,44 +374,43 @@ class LineDecoder:
         out = Decoded()
         if not body:
             return out
-        # "[l1\n,l2\n,...]" built with one replace and one copy, no per-line objects. The
-        # length grows by one per newline, which counts the lines for free (bytes.count
-        # would scan the chunk again).
-        inner = body.replace(b"\n", _SEP)
-        terminated = body[-1] == 0x0A
-        count = len(inner) - len(body) + (not terminated)
-        blob = bytearray(b"[")
-        blob += inner
-        if terminated:
-            blob[-1] = 0x5D  # the final separator's comma becomes "]"
-        else:
-            blob.append(0x5D)
-        self._run(blob, None, file, first_line, now_ms, out, body, count)
+        kinds = self._fast_kinds(now_ms)
+        # The flat path needs no per-line objects and no framing: the chunk is decoded as
+        # newline-delimited JSON in one call, and the alignment check counts its lines.
+        count = _one_pair_per_line(body)
+        if count > 0 and body.isascii():  # msgspec skips unknown keys without checking UTF-8
+            try:
+                trades = kinds.flat_line.decode_lines(body)
+            except _REFUSED:
+                pass
+            else:
+                if len(trades) == count and self._texts_ok(trades):
+                    out.trades = trades
+                    out.lines = count
+                    return out
+        lines = body.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        out.lines = len(lines)
+        self._mixed(kinds, lines, 0, len(lines), file, first_line, now_ms, out)
+        out.rejects.sort(key=_reject_line)
         return out
 
     def _run(
         self,
         blob: bytes | bytearray,
-        lines: Sequence[bytes] | None,
+        lines: Sequence[bytes],
         file: str,
         first_line: int,
         now_ms: int,
         out: Decoded,
-        body: bytes = b"",
-        count: int = 0,
     ) -> None:
         kinds = self._fast_kinds(now_ms)
         # Lines are joined with commas, so a broken line can swallow its neighbour (or hold
         # two values): a decode that does not give one item per line is refused.
-        if lines is not None:
-            count = len(lines)
-        out.lines = count
+        count = out.lines = len(lines)
         if self._flat(kinds, blob, count, out):
             return
-        if lines is None:
-            lines = body.split(b"\n")
-            if lines[-1] == b"":
-                lines.pop()
         self._mixed(kinds, lines, 0, len(lines), file, first_line, now_ms, out)
         # The mixed path settles some lines early: put rejects back in line order (a stable
         # sort keeps an envelope's rejects in element order), so the rejects file does not
