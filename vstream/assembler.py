@@ -16,19 +16,16 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable
 from fractions import Fraction
-from math import floor
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from .instruments import Instrument
+from .kernel import MINUTE_MS, MinuteRun, fold
 from .settings import TIMEFRAMES, Settings
 from .trades import Trade
 
-MINUTE_MS = 60_000
 MICRO = 1_000_000
-#: Distinct price texts remembered by :meth:`BarAssembler._price` before it starts over.
-_PRICE_CACHE = 1 << 16
 
 
 class Bar(msgspec.Struct, gc=False, kw_only=True):
@@ -349,15 +346,13 @@ class BarAssembler:
         self._series = {label: _Series(label, instrument, settings) for label in labels}
         self._minute = self._series["1m"]
         self._higher = [s for label, s in self._series.items() if label != "1m"]
-        self._ids: set[str] = set()
-        self._prices: dict[str, float] = {}
-        self._whale_micro = round(settings.whale_usd * MICRO)
         self._grace_ms = round(settings.grace * 1000)
         if instrument.inverse:
             assert instrument.ct_val is not None
-            self._scale = instrument.ct_val * MICRO
+            scale = instrument.ct_val * MICRO
         else:
-            self._scale = (instrument.ct_val or 1.0) * MICRO
+            scale = (instrument.ct_val or 1.0) * MICRO
+        self._run = MinuteRun(scale, not instrument.inverse, round(settings.whale_usd * MICRO))
         if state is not None:
             self.restore(state)
 
@@ -366,148 +361,37 @@ class BarAssembler:
     def feed(self, trades: Iterable[Trade]) -> list[Bar]:
         """Add validated trades of this instrument (any order); return the bars they finished."""
         out: list[Bar] = []
-        series = self._minute
-        agg = series.open
-        ids = self._ids
-        ids_add = ids.add
-        prices = self._prices
-        scale = self._scale
-        linear = not self.instrument.inverse
-        whale_at = self._whale_micro
-        late = dup = 0
-        # The open minute's running totals live in locals while trades stream through (this
-        # loop is the replay hot path); they are written back to ``agg`` whenever the minute
-        # changes and at the end. ``c_id`` < 0: int(c_tid) not computed yet (only ties need it).
-        floor_ms = series.next_start * MINUTE_MS
-        if agg is None:
-            lo_ms = hi_ms = 0
-            buy = sell = whale = whales = base = fills = 0
-            o_px = c_px = c_tid = h_px = l_px = ""
-            o_ts = o_id = c_ts = c_id = h_ts = h_id = l_ts = l_id = 0
-            high = low = 0.0
-        else:
-            lo_ms = agg.start * MINUTE_MS
-            hi_ms = lo_ms + MINUTE_MS
-            buy, sell, whale, whales = agg.buy, agg.sell, agg.whale, agg.whale_count
-            # the minute's trade count is base + len(ids): each accepted trade adds its id
-            base, fills = agg.trades - len(ids), agg.fills
-            o_px, o_ts, o_id = agg.open_px, agg.open_ts, agg.open_id
-            c_px, c_ts, c_id = agg.close_px, agg.close_ts, agg.close_id
-            c_tid = ""
-            h_px, high, h_ts, h_id = agg.high_px, agg.high, agg.high_ts, agg.high_id
-            l_px, low, l_ts, l_id = agg.low_px, agg.low, agg.low_ts, agg.low_id
-        for t in trades:
-            ts = t.ts
-            if ts >= hi_ms or ts < lo_ms:
-                if ts < lo_ms or ts < floor_ms:
-                    late += 1
-                    continue
-                # A later minute: the open one is final.
-                if agg is not None:
-                    self._store(agg, buy, sell, whale, whales, base + len(ids), fills)
-                    agg.open_px, agg.open_ts, agg.open_id = o_px, o_ts, o_id
-                    agg.close_px, agg.close_ts = c_px, c_ts
-                    agg.close_id = c_id if c_id >= 0 else int(c_tid)
-                    agg.high_px, agg.high, agg.high_ts, agg.high_id = h_px, high, h_ts, h_id
-                    agg.low_px, agg.low, agg.low_ts, agg.low_id = l_px, low, l_ts, l_id
-                    self._close_minute(agg, out)
-                m = ts // MINUTE_MS
-                lo_ms = floor_ms = m * MINUTE_MS
-                hi_ms = lo_ms + MINUTE_MS
-                tid = t.tradeId
-                ids.clear()
-                ids_add(tid)
-                px = t.px
-                p = prices.get(px)
-                if p is None:
-                    p = self._price(px)
-                n = floor(t.sz * (p if linear else 1.0) * scale + 0.5)
-                iid = int(tid)
-                agg = Aggregate(m, px, ts, iid, px, ts, iid, px, p, ts, iid, px, p, ts, iid)
-                series.open = agg
-                o_px = c_px = h_px = l_px = px
-                o_ts = c_ts = h_ts = l_ts = ts
-                o_id = c_id = h_id = l_id = iid
-                c_tid = tid
-                high = low = p
-                buy = sell = whale = whales = 0
-                if t.side == "buy":
-                    buy = n
-                else:
-                    sell = n
-                if n >= whale_at:
-                    whale = n
-                    whales = 1
-                base = 0
-                fills = t.count
-                continue
-            tid = t.tradeId
-            if tid in ids:
-                dup += 1
-                continue
-            ids_add(tid)
-            px = t.px
-            p = prices.get(px)
-            if p is None:
-                p = self._price(px)
-            # floor(x + 0.5) == int(x + 0.5) for x > 0, and floor is the cheaper call
-            n = floor(t.sz * (p if linear else 1.0) * scale + 0.5)
-            if t.side == "buy":
-                buy += n
-            else:
-                sell += n
-            if n >= whale_at:
-                whale += n
-                whales += 1
-            fills += t.count
-            # Order by (ts, tradeId as integer). Stamps tie often; ids of equal length (digits
-            # only) then compare as text, which is cheaper than int() and gives the same order.
-            if ts >= c_ts:
-                if ts > c_ts:
-                    c_px, c_ts, c_tid, c_id = px, ts, tid, -1
-                elif len(tid) == len(c_tid):
-                    if tid > c_tid:
-                        c_px, c_tid, c_id = px, tid, -1
-                else:
-                    if c_id < 0:
-                        c_id = int(c_tid)
-                    iid = int(tid)
-                    if iid > c_id:
-                        c_px, c_tid, c_id = px, tid, iid
-            if ts <= o_ts and (ts < o_ts or int(tid) < o_id):
-                o_px, o_ts, o_id = px, ts, int(tid)
-            if p >= high and (p > high or ts < h_ts or (ts == h_ts and int(tid) < h_id)):
-                h_px, high, h_ts, h_id = px, p, ts, int(tid)
-            if p <= low and (p < low or ts < l_ts or (ts == l_ts and int(tid) < l_id)):
-                l_px, low, l_ts, l_id = px, p, ts, int(tid)
-        if agg is not None:
-            self._store(agg, buy, sell, whale, whales, base + len(ids), fills)
-            agg.open_px, agg.open_ts, agg.open_id = o_px, o_ts, o_id
-            agg.close_px, agg.close_ts = c_px, c_ts
-            agg.close_id = c_id if c_id >= 0 else int(c_tid)
-            agg.high_px, agg.high, agg.high_ts, agg.high_id = h_px, high, h_ts, h_id
-            agg.low_px, agg.low, agg.low_ts, agg.low_id = l_px, low, l_ts, l_id
-        series.next_start = floor_ms // MINUTE_MS
+        run = self._run
+        batch = trades if type(trades) is list else list(trades)
+        run.late = run.duplicates = run.accepted = 0
+        done = 0
+        while True:
+            done = fold(run, batch, done)
+            agg = self._sync()
+            if done >= len(batch):
+                break
+            # The fold stopped at a trade of a later minute: the open one is final.
+            assert agg is not None
+            self._close_minute(agg, out)
+        self._minute.next_start = run.floor_ms // MINUTE_MS
         counters = self.counters
-        counters.duplicates += dup
-        counters.late += late
+        counters.trades += run.accepted
+        counters.duplicates += run.duplicates
+        counters.late += run.late
         return out
 
-    def _store(
-        self, agg: Aggregate, buy: int, sell: int, whale: int, whales: int, count: int, fills: int
-    ) -> None:
-        # Accepted trades are counted here, once per minute, not once per trade.
-        self.counters.trades += count - agg.trades
-        agg.buy, agg.sell, agg.whale, agg.whale_count = buy, sell, whale, whales
-        agg.trades, agg.fills = count, fills
-
-    def _price(self, px: str) -> float:
-        """``float(px)``, remembered: prices repeat, and a dict hit is cheaper than float()."""
-        prices = self._prices
-        if len(prices) >= _PRICE_CACHE:
-            prices.clear()
-        p = prices[px] = float(px)
-        return p
+    def _sync(self) -> Aggregate | None:
+        """The open minute's aggregate, brought up to date with the run's totals."""
+        run = self._run
+        if not run.open:
+            return None
+        series = self._minute
+        start = run.lo_ms // MINUTE_MS
+        agg = series.open
+        if agg is None or agg.start != start:
+            agg = series.open = Aggregate(start, "", 0, 0, "", 0, 0, "", 0.0, 0, 0, "", 0.0, 0, 0)
+        run.store(agg)
+        return agg
 
     def _close_minute(self, agg: Aggregate, out: list[Bar]) -> None:
         series = self._minute
@@ -515,6 +399,7 @@ class BarAssembler:
         self.counters.bars += 1
         series.open = None
         series.next_start = agg.start + 1
+        self._run.shut(series.next_start * MINUTE_MS)
         for higher in self._higher:
             higher.add(agg, out)
 
@@ -529,7 +414,6 @@ class BarAssembler:
         agg = self._minute.open
         if agg is not None and now_ms >= (agg.start + 1) * MINUTE_MS + self._grace_ms:
             self._close_minute(agg, out)
-            self._ids.clear()
         done_minute = (now_ms - self._grace_ms) // MINUTE_MS
         if self._minute.open is not None:
             # Trades still to come belong to the open minute or later (earlier ones are late),
@@ -545,7 +429,6 @@ class BarAssembler:
         agg = self._minute.open
         if agg is not None:
             self._close_minute(agg, out)
-            self._ids.clear()
         for higher in self._higher:
             higher.flush(out)
         return out
@@ -573,7 +456,7 @@ class BarAssembler:
         """A copy of the state; later feeding does not change it."""
         return AssemblerState(
             series={label: s.snapshot() for label, s in self._series.items()},
-            ids=sorted(self._ids),
+            ids=sorted(self._run.seen),
             counters=msgspec.structs.replace(self.counters),
         )
 
@@ -582,5 +465,11 @@ class BarAssembler:
         for label, series in self._series.items():
             saved = state.series.get(label)
             series.restore(saved if saved is not None else SeriesState())
-        self._ids = set(state.ids)
+        run = self._run
+        agg = self._minute.open
+        if agg is not None:
+            run.load(agg)
+        else:
+            run.shut(self._minute.next_start * MINUTE_MS)
+        run.set_ids(state.ids)
         self.counters = msgspec.structs.replace(state.counters)

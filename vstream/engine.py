@@ -21,9 +21,10 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from .assembler import MINUTE_MS, Bar, BarAssembler, Counters
+from .assembler import Bar, BarAssembler, Counters
 from .errors import ConfigError, SinkError, SourceError, VStreamError
 from .instruments import Instrument, VaultPaths, load_cache, resolve
+from .kernel import MINUTE_MS
 from .settings import Settings
 from .sinks import Sink, SinkLike, as_sink
 from .sinks.jsonl import JsonlSink

@@ -1,0 +1,35 @@
+"""Build vstream, compiling the per-trade loop (``vstream/kernel.py``) to C with mypyc.
+
+The compiled module is optional: with no C compiler, no Python headers, or
+``VSTREAM_PURE=1`` in the environment, vstream installs as pure Python and runs the same
+source interpreted (slower, same output). ``python -c "import vstream.kernel as k;
+print(k.__file__)"`` tells which one is installed: a ``.so``/``.pyd`` is the compiled one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+
+
+def _kernel() -> list[object]:
+    if os.environ.get("VSTREAM_PURE", "") not in ("", "0"):
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        print("vstream: mypyc not available, installing pure Python", file=sys.stderr)
+        return []
+    # Only the kernel is analysed and compiled: it imports nothing from the package, so
+    # the build needs no runtime dependency. No config file: the project's mypy settings
+    # are for checking the package, not for this one module.
+    extensions = mypycify(["--config-file=", "--follow-imports=skip", "vstream/kernel.py"], opt_level="3")
+    for ext in extensions:
+        # A failed compile (no compiler, no headers) leaves the pure-Python module in use.
+        ext.optional = True
+    return list(extensions)
+
+
+setup(ext_modules=_kernel())

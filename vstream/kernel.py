@@ -1,0 +1,364 @@
+"""The assembler's per-trade loop: fold trades into the running totals of the open minute.
+
+This is the one place where every accepted trade passes through Python code, so it is kept
+apart, in plain typed Python that ``mypyc`` compiles to a C extension when vstream is built
+with a compiler (``setup.py``); without one the same source runs interpreted, with the same
+results (tests run both). It holds no I/O and no clock, and knows nothing of bars:
+:class:`~vstream.assembler.BarAssembler` closes minutes and turns them into bars.
+
+Money is counted in integer micro-dollars, rounded once per trade, so totals do not depend on
+the order trades arrive in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+MINUTE_MS: Final = 60_000
+#: Distinct price texts remembered before the cache starts over.
+PRICE_CACHE: Final = 1 << 16
+
+
+class TradeLike(Protocol):
+    """What the fold reads of a trade (:class:`vstream.trades.Trade` has it).
+
+    A protocol rather than an import: this module stands alone, so it compiles without the
+    rest of the package.
+    """
+
+    @property
+    def tradeId(self) -> str: ...
+    @property
+    def px(self) -> str: ...
+    @property
+    def sz(self) -> float: ...
+    @property
+    def side(self) -> str: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+
+class MinuteRun:
+    """The open minute's running totals while trades stream through.
+
+    ``open`` says whether a minute is open; ``floor_ms`` is the earliest stamp still accepted
+    (earlier trades are *late*). Open/close are the first/last trade by ``(ts, tradeId as
+    integer)``; high/low keep the first trade by that order among equal prices. ``close_id``
+    is -1 until it is needed (only ties on ``ts`` need the close's id as an integer).
+
+    Trade ids already taken in the minute are ``seen``; ``ids`` is their set, built only
+    once a trade arrives whose id is not above every id so far (``top``): ids mostly rise,
+    and a rising id cannot be a duplicate.
+    """
+
+    def __init__(self, scale: float, linear: bool, whale_at: int) -> None:
+        self.scale = scale
+        self.linear = linear
+        self.whale_at = whale_at
+        self.prices: dict[str, float] = {}
+        self.open = False
+        self.lo_ms = 0
+        self.floor_ms = 0
+        self.buy = 0
+        self.sell = 0
+        self.whale = 0
+        self.whale_count = 0
+        self.trades = 0
+        self.fills = 0
+        self.open_px = ""
+        self.open_ts = 0
+        self.open_id = 0
+        self.close_px = ""
+        self.close_ts = 0
+        self.close_id = -1
+        self.close_tid = ""
+        self.high_px = ""
+        self.high = 0.0
+        self.high_ts = 0
+        self.high_id = 0
+        self.low_px = ""
+        self.low = 0.0
+        self.low_ts = 0
+        self.low_id = 0
+        self.seen: list[str] = []
+        self.ids: set[str] = set()
+        self.top = ""
+        # What the last fold calls dropped or took (the caller resets them).
+        self.late = 0
+        self.duplicates = 0
+        self.accepted = 0
+
+    def load(self, agg: Any) -> None:
+        """Continue the minute ``agg`` (an :class:`~vstream.assembler.Aggregate`)."""
+        self.open = True
+        self.lo_ms = agg.start * MINUTE_MS
+        self.floor_ms = self.lo_ms
+        self.buy = agg.buy
+        self.sell = agg.sell
+        self.whale = agg.whale
+        self.whale_count = agg.whale_count
+        self.trades = agg.trades
+        self.fills = agg.fills
+        self.open_px = agg.open_px
+        self.open_ts = agg.open_ts
+        self.open_id = agg.open_id
+        self.close_px = agg.close_px
+        self.close_ts = agg.close_ts
+        self.close_id = agg.close_id
+        self.close_tid = str(agg.close_id)
+        self.high_px = agg.high_px
+        self.high = agg.high
+        self.high_ts = agg.high_ts
+        self.high_id = agg.high_id
+        self.low_px = agg.low_px
+        self.low = agg.low
+        self.low_ts = agg.low_ts
+        self.low_id = agg.low_id
+
+    def store(self, agg: Any) -> None:
+        """Write the totals into ``agg``, the aggregate of the same minute."""
+        agg.buy = self.buy
+        agg.sell = self.sell
+        agg.whale = self.whale
+        agg.whale_count = self.whale_count
+        agg.trades = self.trades
+        agg.fills = self.fills
+        agg.open_px = self.open_px
+        agg.open_ts = self.open_ts
+        agg.open_id = self.open_id
+        agg.close_px = self.close_px
+        agg.close_ts = self.close_ts
+        if self.close_id < 0:
+            self.close_id = int(self.close_tid)
+        agg.close_id = self.close_id
+        agg.high_px = self.high_px
+        agg.high = self.high
+        agg.high_ts = self.high_ts
+        agg.high_id = self.high_id
+        agg.low_px = self.low_px
+        agg.low = self.low
+        agg.low_ts = self.low_ts
+        agg.low_id = self.low_id
+
+    def shut(self, floor_ms: int) -> None:
+        """No minute is open; trades before ``floor_ms`` are late."""
+        self.open = False
+        self.floor_ms = floor_ms
+        self.set_ids([])
+
+    def set_ids(self, ids: list[str]) -> None:
+        """The trade ids already taken in the open minute."""
+        self.seen = list(ids)
+        self.ids = set()
+        top = ""
+        for tid in self.seen:
+            if len(tid) > len(top) or (len(tid) == len(top) and tid > top):
+                top = tid
+        self.top = top
+
+    def price(self, px: str) -> float:
+        """``float(px)``, remembered: prices repeat, and a dict hit is cheaper than float()."""
+        prices = self.prices
+        if len(prices) >= PRICE_CACHE:
+            prices.clear()
+        p = float(px)
+        prices[px] = p
+        return p
+
+
+def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
+    """Fold ``trades[start:]`` (:class:`TradeLike` items) into the open minute, opening one with the first trade that is
+    not late if none is open. Stops at the first trade of a later minute and returns its index
+    (the open minute is then complete: the caller closes it, shuts the run and folds on), or
+    ``len(trades)`` once every trade is taken.
+    """
+    # The totals live in locals while trades stream through and go back at the end: cheap
+    # in C and in the interpreter alike.
+    is_open = run.open
+    lo_ms = run.lo_ms if is_open else 0
+    hi_ms = lo_ms + MINUTE_MS if is_open else 0
+    floor_ms = run.floor_ms
+    scale = run.scale
+    linear = run.linear
+    whale_at = run.whale_at
+    prices = run.prices
+    buy = run.buy
+    sell = run.sell
+    whale = run.whale
+    whales = run.whale_count
+    count = run.trades
+    fills = run.fills
+    o_px = run.open_px
+    o_ts = run.open_ts
+    o_id = run.open_id
+    c_px = run.close_px
+    c_ts = run.close_ts
+    c_id = run.close_id
+    c_tid = run.close_tid
+    h_px = run.high_px
+    high = run.high
+    h_ts = run.high_ts
+    h_id = run.high_id
+    l_px = run.low_px
+    low = run.low
+    l_ts = run.low_ts
+    l_id = run.low_id
+    seen = run.seen
+    ids = run.ids
+    top = run.top
+    late = 0
+    dup = 0
+    taken = 0
+    last_px = ""
+    last_p = 0.0
+    n = len(trades)
+    i = start
+    while i < n:
+        # (a list of Any: a list of Trade is one; the protocol gives the attribute types)
+        t: TradeLike = trades[i]
+        ts = t.ts
+        if ts >= hi_ms or ts < lo_ms:
+            if ts < lo_ms or ts < floor_ms:
+                late += 1
+                i += 1
+                continue
+            if is_open:
+                break  # a later minute: the open one is complete
+            # The first trade of a new minute.
+            is_open = True
+            lo_ms = ts - ts % MINUTE_MS
+            hi_ms = lo_ms + MINUTE_MS
+            floor_ms = lo_ms
+            tid = t.tradeId
+            px = t.px
+            q = prices.get(px)
+            p = q if q is not None else run.price(px)
+            last_px = px
+            last_p = p
+            amount = int(t.sz * (p if linear else 1.0) * scale + 0.5)
+            buy = sell = whale = whales = 0
+            if t.side == "buy":
+                buy = amount
+            else:
+                sell = amount
+            if amount >= whale_at:
+                whale = amount
+                whales = 1
+            count = 1
+            fills = t.count
+            iid = int(tid)
+            o_px = c_px = h_px = l_px = px
+            o_ts = c_ts = h_ts = l_ts = ts
+            o_id = c_id = h_id = l_id = iid
+            c_tid = tid
+            high = low = p
+            seen = [tid]
+            ids = set()
+            top = tid
+            taken += 1
+            i += 1
+            continue
+        i += 1
+        tid = t.tradeId
+        # Duplicates: a rising id is new; only an id at or below the top needs the set.
+        if len(tid) > len(top) or (len(tid) == len(top) and tid > top):
+            top = tid
+            seen.append(tid)
+            if ids:
+                ids.add(tid)
+        else:
+            if not ids:
+                ids.update(seen)
+            if tid in ids:
+                dup += 1
+                continue
+            ids.add(tid)
+            seen.append(tid)
+        px = t.px
+        if px == last_px:
+            p = last_p
+        else:
+            q = prices.get(px)
+            p = q if q is not None else run.price(px)
+            last_px = px
+            last_p = p
+        # int(x + 0.5) rounds halves up for x > 0 (sz, price and scale are all > 0)
+        amount = int(t.sz * (p if linear else 1.0) * scale + 0.5)
+        if t.side == "buy":
+            buy += amount
+        else:
+            sell += amount
+        if amount >= whale_at:
+            whale += amount
+            whales += 1
+        count += 1
+        fills += t.count
+        taken += 1
+        # Order by (ts, tradeId as integer). Stamps tie often; ids of equal length (digits
+        # only) then compare as text, which is cheaper than int() and gives the same order.
+        if ts >= c_ts:
+            if ts > c_ts:
+                c_px = px
+                c_ts = ts
+                c_tid = tid
+                c_id = -1
+            elif len(tid) == len(c_tid):
+                if tid > c_tid:
+                    c_px = px
+                    c_tid = tid
+                    c_id = -1
+            else:
+                if c_id < 0:
+                    c_id = int(c_tid)
+                iid = int(tid)
+                if iid > c_id:
+                    c_px = px
+                    c_tid = tid
+                    c_id = iid
+        if ts <= o_ts and (ts < o_ts or int(tid) < o_id):
+            o_px = px
+            o_ts = ts
+            o_id = int(tid)
+        if p >= high and (p > high or ts < h_ts or (ts == h_ts and int(tid) < h_id)):
+            h_px = px
+            high = p
+            h_ts = ts
+            h_id = int(tid)
+        if p <= low and (p < low or ts < l_ts or (ts == l_ts and int(tid) < l_id)):
+            l_px = px
+            low = p
+            l_ts = ts
+            l_id = int(tid)
+    run.open = is_open
+    run.lo_ms = lo_ms
+    run.floor_ms = floor_ms
+    run.buy = buy
+    run.sell = sell
+    run.whale = whale
+    run.whale_count = whales
+    run.trades = count
+    run.fills = fills
+    run.open_px = o_px
+    run.open_ts = o_ts
+    run.open_id = o_id
+    run.close_px = c_px
+    run.close_ts = c_ts
+    run.close_id = c_id
+    run.close_tid = c_tid
+    run.high_px = h_px
+    run.high = high
+    run.high_ts = h_ts
+    run.high_id = h_id
+    run.low_px = l_px
+    run.low = low
+    run.low_ts = l_ts
+    run.low_id = l_id
+    run.seen = seen
+    run.ids = ids
+    run.top = top
+    run.late += late
+    run.duplicates += dup
+    run.accepted += taken
+    return i
