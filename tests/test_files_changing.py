@@ -94,6 +94,18 @@ def test_input_truncated(seeded: VaultPaths, vault: Path, run_cli: Run, day_byte
     _rebuild_is_correct(run_cli, vault, seeded, day_bytes, reference)
 
 
+def test_a_refused_run_rewrites_nothing_even_a_second_later(
+    seeded: VaultPaths, vault: Path, run_cli: Run
+) -> None:
+    # The state records when it was written: a refused run that saved it anyway would show
+    # as soon as the clock has moved on (it once did, whenever a run crossed a second).
+    stamp = seeded.state.stat().st_mtime_ns
+    time.sleep(1.01 - time.time() % 1)
+    _day(seeded).write_bytes(b"")
+    _refused(run_cli, vault, "--rebuild")
+    assert seeded.state.stat().st_mtime_ns == stamp
+
+
 def test_input_emptied(seeded: VaultPaths, vault: Path, run_cli: Run, day_bytes: bytes, reference: bytes) -> None:
     _day(seeded).write_bytes(b"")
     _refused(run_cli, vault, "--rebuild")

@@ -547,7 +547,9 @@ class Engine:
             for pipe in self._pipes.values():
                 if pipe.store is None or pipe.state is None:
                     continue
-                if not pipe.dirty and pipe.outputs and all(s.length is not None for s in pipe.outputs.values()):
+                if not pipe.dirty:
+                    # Nothing taken since the state on disk (opening saved or loaded it):
+                    # rewriting it would only move its clock, and a refused run writes nothing.
                     continue
                 # Snapshot synchronously: what is written below is exactly what it describes.
                 position = pipe.position
