@@ -84,6 +84,10 @@ def test_numbers_may_be_json_numbers():
         ({"px": "Infinity"}, "px must be a decimal number"),
         ({"px": "1_000"}, "px must be a decimal number"),
         ({"px": " 5"}, "px must be a decimal number"),
+        # an exponent marker with no digits after it (float() would raise on these)
+        ({"px": "1e"}, "px must be a decimal number"),
+        ({"px": "1E"}, "px must be a decimal number"),
+        ({"px": "2.5e-"}, "px must be a decimal number"),
         ({"px": None}, "px must be a decimal number"),
         ({"px": True}, "px must be a decimal number"),
         ({"side": "hold"}, "side must be buy or sell"),

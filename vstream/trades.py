@@ -118,9 +118,9 @@ def _is_plain_decimal(text: str) -> bool:
     if not text or not text.isascii():
         return False
     body = text[1:] if text[0] == "-" else text
-    mantissa, _, exponent = body.lower().partition("e")
-    if exponent:
-        exp = exponent[1:] if exponent[0] in "+-" else exponent
+    mantissa, marker, exponent = body.lower().partition("e")
+    if marker:  # "1e" has a marker and no exponent: not a number
+        exp = exponent[1:] if exponent[:1] in ("+", "-") else exponent
         if not exp.isdigit():
             return False
     whole, dot, frac = mantissa.partition(".")
