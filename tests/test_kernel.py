@@ -109,3 +109,25 @@ def test_a_rising_id_is_never_taken_for_a_duplicate_and_a_repeat_always_is():
         assert run.accepted == 6  # 5 6 10 9 11 05
         assert run.duplicates == 3
         assert sorted(run.seen) == sorted(["5", "6", "10", "9", "11", "05"])
+
+
+_TEXT = st.text(alphabet="0123456789.e-+ a٣", min_size=0, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=st.lists(st.tuples(_TEXT, _TEXT), max_size=12), known=st.sets(_TEXT, max_size=3))
+def test_both_kernels_check_trade_texts_alike(pairs, known):
+    from vstream.trades import _px_accepted
+
+    items = [make_trade(0, "1", 1).__replace__(tradeId=tid, px=px) for tid, px in pairs]
+    results = []
+    for kernel in (vstream.kernel, PURE):
+        seen = set(known)
+        results.append((kernel.texts_ok(items, seen, _px_accepted), seen))
+    assert results[0] == results[1]
+    ok = results[0][0]
+    # and what they say is the rule: ids all ASCII digits, prices plain positive decimals
+    expected = all(t.tradeId.isascii() and t.tradeId.isdigit() for t in items) and all(
+        t.px in known or _px_accepted(t.px) for t in items
+    )
+    assert ok == expected

@@ -1,6 +1,7 @@
-"""The assembler's per-trade loop: fold trades into the running totals of the open minute.
+"""The per-trade loops: the decoder's last text checks, and the assembler's fold of trades
+into the running totals of the open minute.
 
-This is the one place where every accepted trade passes through Python code, so it is kept
+These are the places where every trade passes through Python code, so they are kept
 apart, in plain typed Python that ``mypyc`` compiles to a C extension when vstream is built
 with a compiler (``setup.py``); without one the same source runs interpreted, with the same
 results (tests run both). It holds no I/O and no clock, and knows nothing of bars:
@@ -12,6 +13,7 @@ the order trades arrive in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 MINUTE_MS: Final = 60_000
@@ -38,6 +40,33 @@ class TradeLike(Protocol):
     def ts(self) -> int: ...
     @property
     def count(self) -> int: ...
+
+
+def texts_ok(trades: list[Any], known: set[str], accept: Callable[[str], bool]) -> bool:
+    """The checks of :class:`TradeLike` items that a typed decoder cannot do: every
+    ``tradeId`` one or more ASCII digits, and every ``px`` either in ``known`` or passing ``accept`` (it
+    is then added to ``known``). False at the first failure; ``known`` may have grown."""
+    ids: list[str] = []
+    last_px: str | None = None
+    for item in trades:
+        t: TradeLike = item
+        tid = t.tradeId
+        if not tid:
+            return False  # joined, an empty id would pass unseen
+        ids.append(tid)
+        px = t.px
+        if px != last_px:
+            if px not in known:
+                if not accept(px):
+                    return False
+                if len(known) >= PRICE_CACHE:
+                    known.clear()
+                known.add(px)
+            last_px = px
+    # One pass over all ids at C speed: bytes.isdigit is a plain table loop (str.isdigit
+    # would take any Unicode digit); isascii first, so only 0-9 count.
+    joined = "".join(ids)
+    return not ids or (joined.isascii() and joined.encode().isdigit())
 
 
 class MinuteRun:

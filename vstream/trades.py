@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Raw, UnsetType
 
+from .kernel import texts_ok
+
 #: 2017-01-01T00:00:00Z in milliseconds: nothing older is an OKX trade.
 MIN_TS_MS = 1_483_228_800_000
 #: How far past the wall clock a trade stamp may be (SPEC §3).
@@ -260,8 +262,6 @@ _FLOAT_MAX = sys.float_info.max
 _BOUND_REFRESH_MS = 3_600_000
 #: Below this many lines a chunk the fast decoders refused is judged line by line.
 _LEAF = 8
-#: Validated price texts kept before the cache starts over (prices repeat heavily).
-_PX_CACHE_MAX = 1 << 16
 
 
 def _px_accepted(text: str) -> bool:
@@ -432,25 +432,9 @@ class LineDecoder:
         return True
 
     def _texts_ok(self, trades: list[Trade]) -> bool:
-        """The checks C could not do, done once per chunk: all ``tradeId`` ASCII digits and
-        every distinct ``px`` a plain positive decimal."""
-        if not trades:
-            return True
-        ids = "".join([t.tradeId for t in trades])
-        # bytes.isdigit is a plain table loop, ten times faster than str.isdigit (Unicode);
-        # isascii() first, so the encode below cannot fail and only 0-9 count as digits.
-        if not (ids.isascii() and ids.encode().isdigit()):
-            return False
-        known = self._px_ok
-        new = {t.px for t in trades}
-        new -= known
-        for px in new:
-            if not _px_accepted(px):
-                return False
-        if len(known) > _PX_CACHE_MAX:
-            known.clear()
-        known |= new
-        return True
+        """The checks C could not do: all ``tradeId`` ASCII digits and every distinct ``px``
+        a plain positive decimal (see :func:`vstream.kernel.texts_ok`)."""
+        return texts_ok(trades, self._px_ok, _px_accepted)
 
     def _mixed(
         self,
