@@ -167,6 +167,13 @@ def test_fast_path_equals_careful_path(lines: list[bytes]) -> None:
         b"\n".join(lines) + b"\n", file="f.jsonl", first_line=1, now_ms=NOW_MS
     )
     assert _as_plain(body) == _as_plain(careful)
+    # ... and as the span of a reader's buffer, between bytes that are not its lines
+    chunk = b"\n".join(lines) + b"\n"
+    buffer = bytearray(b'{"x":"\xc3\xa9"}}{\n' + chunk + b'{"y":1}\n{')
+    span = LineDecoder(INST).decode_body(
+        buffer, file="f.jsonl", first_line=1, now_ms=NOW_MS, start=13, end=13 + len(chunk)
+    )
+    assert _as_plain(span) == _as_plain(careful)
 
 
 @settings(max_examples=300, deadline=None)
@@ -241,3 +248,23 @@ def test_split_and_merge_in_one_chunk_are_not_accepted() -> None:
         body = b"\n".join(lines) + b"\n"
         fast = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
         assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines))
+
+
+def test_a_span_of_good_lines_takes_the_flat_path(monkeypatch) -> None:
+    """Good lines in the middle of a reader's buffer (partial lines around them, one not
+    ASCII) are decoded in one call: the slower paths are not needed, so they are not used."""
+    good = [GOOD.replace(b'"1"', f'"{n}"'.encode(), 1) for n in range(1, 40)]
+    chunk = b"\n".join(good) + b"\n"
+    head, tail = b'"x":"\xc3\xa9"}\n', b'{"instId":"BTC'
+    buffer = bytearray(head + chunk + tail)
+
+    def slow(*args: object) -> None:
+        raise AssertionError("took the per-line path")
+
+    decoder = LineDecoder(INST)
+    monkeypatch.setattr(LineDecoder, "_mixed", slow)
+    out = decoder.decode_body(
+        buffer, file="f.jsonl", first_line=1, now_ms=NOW_MS, start=len(head), end=len(head) + len(chunk)
+    )
+    assert [t.tradeId for t in out.trades] == [str(n) for n in range(1, 40)]
+    assert out.lines == 39 and not out.rejects

@@ -149,3 +149,53 @@ def test_vault_from_environment(vault, raw_dir, run_cli, monkeypatch):
     monkeypatch.setenv("VSTREAM_VAULT", str(vault))
     status, out, _ = run_cli("replay", "--instId", INST)
     assert status == 0 and "trades=3 " in out
+
+
+def _read_all(vault, chunk_bytes: int, final: bool) -> tuple[list, list, dict]:
+    """Every batch the source gives, flattened: trades, rejects (line, error), positions."""
+    import asyncio
+
+    async def collect():
+        source = ReplaySource(vault, INST, final=final, chunk_bytes=chunk_bytes)
+        trades, rejects = [], []
+        async for batch in source:
+            trades += [(t.tradeId, t.ts) for t in batch.trades]
+            rejects += [(r.file, r.line, r.error, r.raw) for r in batch.rejects]
+        return trades, rejects, {day: (p.offset, p.lines, p.tail_crc) for day, p in source.snapshot()[INST].items()}
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_what_is_read_does_not_depend_on_the_chunk_size(tmp_path, monkeypatch, gz):
+    """Lines shorter and longer than a chunk, lines over the length limit, a BOM, CRLF, an
+    unterminated last line: any chunk size gives the same trades, rejects and positions."""
+    import vstream.sources.replay as replay
+
+    monkeypatch.setattr(replay, "MAX_LINE_BYTES", 3000)
+    lines = ["\ufeff" + trade_line(1, "100", "1", "buy", DAY1)]
+    for i in range(2, 60):
+        line = trade_line(i, "100", "1", "buy", DAY1 + i * 1000)
+        if i % 7 == 0:  # longer than every chunk below, still under the limit
+            line = line[:-1] + ',"pad":"' + "x" * (1100 + 10 * i) + '"}'
+        if i % 11 == 0:  # over the limit: a reject, never held whole
+            line = line[:-1] + ',"pad":"' + "y" * 5000 + '"}'
+        if i % 5 == 0:
+            line += "\r"
+        lines.append(line)
+    data = ("\n".join(lines) + "\n" + trade_line(99, "100", "1", "sell", DAY1 + 99_000)).encode()
+    raw = VaultPaths.of(tmp_path / "v", INST).raw_dir
+    raw.mkdir(parents=True)
+    if gz:
+        with gzip.open(raw / "2025-12-14.jsonl.gz", "wb") as handle:
+            handle.write(data)
+    else:
+        (raw / "2025-12-14.jsonl").write_bytes(data)
+    for final in (False, True):
+        reference = _read_all(tmp_path / "v", 1 << 20, final)
+        assert len(reference[1]) == len([i for i in range(2, 60) if i % 11 == 0])
+        assert any(error.startswith("line longer than 3000") for _, _, error, _ in reference[1])
+        for chunk in (1024, 1500, 4096, 9999):
+            assert _read_all(tmp_path / "v", chunk, final) == reference, (chunk, final)
+    # an unterminated last line counts only when the input is final (or archived)
+    assert len(_read_all(tmp_path / "v", 4096, True)[0]) == len(_read_all(tmp_path / "v", 4096, False)[0]) + (not gz)

@@ -237,18 +237,16 @@ def _one_brace_per_line(blob: bytes | bytearray, count: int) -> bool:
     return kept == one_each or kept == one_each + b"\n"
 
 
-def _one_pair_per_line(body: bytes) -> int:
-    """How many lines ``body`` holds if each holds exactly one ``{`` and, after it, one ``}``;
-    -1 otherwise.
+def _one_pair_per_line(kept: bytes | bytearray, terminated: bool) -> int:
+    """How many lines a body holds if each holds exactly one ``{`` and, after it, one ``}``;
+    -1 otherwise. ``kept`` is the body with every byte but braces and newlines deleted.
 
     Newline-delimited values need no commas, so a line could end one object and start the
     next (``{..} {"px":`` then ``..}``). With one brace pair per line, in that order, a
     decode that gives one brace-free object per line cannot have regrouped anything: the
-    first ``{`` opens an object that its line's ``}`` closes, and so on line by line. One
-    C-speed pass (translate keeps only braces and newlines), no per-line objects.
+    first ``{`` opens an object that its line's ``}`` closes, and so on line by line. The
+    deletion is one C-speed pass (bytes.translate), with no per-line objects.
     """
-    kept = body.translate(None, _NOT_BRACES_OR_NEWLINE)
-    terminated = body[-1:] == b"\n"
     count = (len(kept) + (not terminated)) // 3
     shape = b"{}\n" * count if terminated else b"{}\n" * (count - 1) + b"{}"
     return count if count and kept == shape else -1
@@ -368,19 +366,40 @@ class LineDecoder:
             self._run(b"[" + _SEP.join(lines) + b"]", lines, file, first_line, now_ms, out)
         return out
 
-    def decode_body(self, body: bytes, *, file: str, first_line: int, now_ms: int) -> Decoded:
-        """Decode a run of complete lines as read from a file: ``\\n``-separated, the last
-        newline optional; the first line is numbered ``first_line``."""
+    def decode_body(
+        self,
+        body: bytes | bytearray,
+        *,
+        file: str,
+        first_line: int,
+        now_ms: int,
+        start: int = 0,
+        end: int | None = None,
+    ) -> Decoded:
+        """Decode a run of complete lines as read from a file: ``body[start:end]``,
+        ``\\n``-separated, the last newline optional; its first line is numbered
+        ``first_line``. The span lets a reader decode straight from its buffer, uncopied."""
         out = Decoded()
-        if not body:
+        stop = len(body) if end is None else end
+        if stop <= start:
             return out
         kinds = self._fast_kinds(now_ms)
-        # The flat path needs no per-line objects and no framing: the chunk is decoded as
+        # The flat path needs no per-line objects and no framing: the span is decoded as
         # newline-delimited JSON in one call, and the alignment check counts its lines.
-        count = _one_pair_per_line(body)
-        if count > 0 and body.isascii():  # msgspec skips unknown keys without checking UTF-8
+        # Deletion works byte by byte, so the span's part of the whole buffer's result is
+        # what is left once the parts of the (short) bytes around it are cut off.
+        kept = body.translate(None, _NOT_BRACES_OR_NEWLINE)
+        if start or stop < len(body):
+            before = len(body[:start].translate(None, _NOT_BRACES_OR_NEWLINE))
+            after = len(body[stop:].translate(None, _NOT_BRACES_OR_NEWLINE))
+            kept = kept[before : len(kept) - after]
+        span = memoryview(body)[start:stop]
+        count = _one_pair_per_line(kept, body[stop - 1] == 0x0A)
+        # msgspec skips unknown keys without checking their UTF-8: the flat path is for
+        # ASCII only (the whole buffer is one cheap test; the span alone, the exact one).
+        if count > 0 and (body.isascii() or bytes(span).isascii()):
             try:
-                trades = kinds.flat_line.decode_lines(body)
+                trades = kinds.flat_line.decode_lines(span)
             except _REFUSED:
                 pass
             else:
@@ -388,7 +407,7 @@ class LineDecoder:
                     out.trades = trades
                     out.lines = count
                     return out
-        lines = body.split(b"\n")
+        lines = bytes(span).split(b"\n")
         if lines[-1] == b"":
             lines.pop()
         out.lines = len(lines)
