@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from pathlib import Path
@@ -42,6 +43,8 @@ def test_the_compiled_kernel_is_installed_where_expected():
     if os.environ.get("VSTREAM_EXPECT_COMPILED") == "1":
         assert compiled, f"vstream.kernel is not compiled: {vstream.kernel.__file__}"
     assert not PURE.__file__.endswith((".so", ".pyd"))
+    # compiled code reads trades with astuple, interpreted code by attribute
+    assert vstream.kernel._ROWS is compiled and PURE._ROWS is False
     # whichever it is, it is the kernel the assembler uses
     assert vstream.assembler.fold is vstream.kernel.fold
 
@@ -131,3 +134,54 @@ def test_both_kernels_check_trade_texts_alike(pairs, known):
         t.px in known or _px_accepted(t.px) for t in items
     )
     assert ok == expected
+
+
+class _Reordered(msgspec.Struct):
+    """A trade-like Struct whose fields are not in a Trade's order (read by attribute)."""
+
+    ts: int
+    count: int
+    side: str
+    sz: float
+    px: str
+    tradeId: str
+    instId: str
+
+
+@dataclasses.dataclass
+class _Plain:
+    instId: str
+    tradeId: str
+    px: str
+    sz: float
+    side: str
+    ts: int
+    count: int
+
+
+def _totals(kernel: ModuleType, items: list) -> tuple:
+    run = kernel.MinuteRun(1e6, True, 150_000_000)
+    done = kernel.fold(run, items, 0)
+    return (done, run.buy, run.sell, run.whale, run.whale_count, run.fills, run.accepted,
+            run.duplicates, run.open_px, run.close_px, run.high_px, run.low_px, sorted(run.seen))  # fmt: skip
+
+
+def test_trades_of_any_shape_fold_alike():
+    # Trades are read with one astuple call when their fields are laid out as a Trade's,
+    # by attribute otherwise: a Trade, a reordered Struct, a plain object, and a mix agree.
+    trades = [
+        make_trade(t, px, sz, side, M0 + ms, count=c)
+        for t, px, sz, side, ms, c in [
+            (5, "100", 2.0, "buy", 0, 1), (7, "101.5", 1.0, "sell", 10, 2), (6, "99", 300.0, "buy", 10, 1),
+            (7, "100", 1.0, "buy", 20, 1), (9, "100", 0.5, "sell", 59_999, 3), (10, "98", 1.0, "buy", 60_000, 1),
+        ]
+    ]  # fmt: skip
+    fields = msgspec.structs.asdict
+    reordered = [_Reordered(**fields(t)) for t in trades]
+    plain = [_Plain(**fields(t)) for t in trades]
+    mixed = [trades[0], plain[1], reordered[2], trades[3], reordered[4], plain[5]]
+    expected = _totals(PURE, trades)
+    assert expected[0] == 5 and expected[7] == 1  # stops at the next minute; one duplicate
+    for kernel in (vstream.kernel, PURE):
+        for items in (trades, reordered, plain, mixed):
+            assert _totals(kernel, items) == expected

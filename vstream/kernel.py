@@ -14,11 +14,27 @@ the order trades arrive in.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
+
+from msgspec.structs import astuple
 
 MINUTE_MS: Final = 60_000
 #: Distinct price texts remembered before the cache starts over.
 PRICE_CACHE: Final = 1 << 16
+#: The leading fields of :class:`vstream.trades.Trade` (and of its subclasses), in order.
+TRADE_FIELDS: Final = ("instId", "tradeId", "px", "sz", "side", "ts", "count")
+#: Compiled, one ``msgspec.structs.astuple`` call reads a trade's fields faster than six
+#: generic attribute lookups; interpreted, attribute loads are specialised and cheaper.
+_ROWS: Final = not __file__.endswith(".py")
+
+
+def row_type(item: object) -> type | None:
+    """``type(item)`` if it is a msgspec Struct whose fields start as a Trade's, else None."""
+    cls = type(item)
+    fields = getattr(cls, "__struct_fields__", None)
+    if _ROWS and isinstance(fields, tuple) and fields[: len(TRADE_FIELDS)] == TRADE_FIELDS:
+        return cls
+    return None
 
 
 class TradeLike(Protocol):
@@ -244,10 +260,32 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     last_p = 0.0
     n = len(trades)
     i = start
+    rows = row_type(trades[start]) if start < n else None
+    ts = 0
+    tid = ""
+    px = ""
+    sz = 0.0
+    side = ""
+    fill = 0
     while i < n:
-        # (a list of Any: a list of Trade is one; the protocol gives the attribute types)
-        t: TradeLike = trades[i]
-        ts = t.ts
+        item = trades[i]
+        if type(item) is rows:
+            row: tuple[Any, ...] = astuple(cast(Any, item))
+            tid = row[1]
+            px = row[2]
+            sz = row[3]
+            side = row[4]
+            ts = row[5]
+            fill = row[6]
+        else:
+            # (a list of Any: a list of Trade is one; the protocol gives the attribute types)
+            t: TradeLike = item
+            tid = t.tradeId
+            px = t.px
+            sz = t.sz
+            side = t.side
+            ts = t.ts
+            fill = t.count
         if ts >= hi_ms or ts < lo_ms:
             if ts < lo_ms or ts < floor_ms:
                 late += 1
@@ -260,15 +298,13 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             lo_ms = ts - ts % MINUTE_MS
             hi_ms = lo_ms + MINUTE_MS
             floor_ms = lo_ms
-            tid = t.tradeId
-            px = t.px
             q = prices.get(px)
             p = q if q is not None else run.price(px)
             last_px = px
             last_p = p
-            amount = int(t.sz * (p if linear else 1.0) * scale + 0.5)
+            amount = int(sz * (p if linear else 1.0) * scale + 0.5)
             buy = sell = whale = whales = 0
-            if t.side == "buy":
+            if side == "buy":
                 buy = amount
             else:
                 sell = amount
@@ -276,7 +312,7 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
                 whale = amount
                 whales = 1
             count = 1
-            fills = t.count
+            fills = fill
             iid = int(tid)
             o_px = c_px = h_px = l_px = px
             o_ts = c_ts = h_ts = l_ts = ts
@@ -290,7 +326,6 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             i += 1
             continue
         i += 1
-        tid = t.tradeId
         # Duplicates: a rising id is new; only an id at or below the top needs the set.
         if len(tid) > len(top) or (len(tid) == len(top) and tid > top):
             top = tid
@@ -305,7 +340,6 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
                 continue
             ids.add(tid)
             seen.append(tid)
-        px = t.px
         if px == last_px:
             p = last_p
         else:
@@ -314,8 +348,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             last_px = px
             last_p = p
         # int(x + 0.5) rounds halves up for x > 0 (sz, price and scale are all > 0)
-        amount = int(t.sz * (p if linear else 1.0) * scale + 0.5)
-        if t.side == "buy":
+        amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+        if side == "buy":
             buy += amount
         else:
             sell += amount
@@ -323,7 +357,7 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             whale += amount
             whales += 1
         count += 1
-        fills += t.count
+        fills += fill
         taken += 1
         # Order by (ts, tradeId as integer). Stamps tie often; ids of equal length (digits
         # only) then compare as text, which is cheaper than int() and gives the same order.
