@@ -30,11 +30,9 @@ _TAIL = 64
 class _Reader(Protocol):
     async def read(self, size: int) -> bytes: ...
 
-    async def readinto(self, buffer: bytearray, at: int, size: int) -> int: ...
-
 
 class _FileReader:
-    """Reads a plain file straight into the caller's buffer, in the calling thread.
+    """Reads a plain file in the calling thread.
 
     A chunk comes from the page cache in a fraction of the time its decoding takes, and a
     hop to a worker thread per chunk cost more than it saved (each one waits for the GIL,
@@ -52,10 +50,6 @@ class _FileReader:
     async def read(self, size: int) -> bytes:
         return self._file.read(size) or b""
 
-    async def readinto(self, buffer: bytearray, at: int, size: int) -> int:
-        with memoryview(buffer) as view:
-            return self._file.readinto(view[at : at + size]) or 0
-
     def close(self) -> None:
         self._file.close()
 
@@ -68,11 +62,6 @@ class _GzipReader:
 
     async def read(self, size: int) -> bytes:
         return await asyncio.to_thread(self._file.read, size)
-
-    async def readinto(self, buffer: bytearray, at: int, size: int) -> int:
-        data = await self.read(size)
-        buffer[at : at + len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         self._file.close()
@@ -254,16 +243,12 @@ class ReplaySource:
     ) -> AsyncIterator[Batch]:
         """Yield a batch per chunk of complete lines; ``tail`` is the 64 bytes before ``pos``.
 
-        One buffer serves the whole file: each read lands after the partial line the last
-        chunk left, the complete lines are decoded where they lie, and the partial line moves
-        to the front. No per-chunk copies or fresh allocations (each would fault its pages in).
+        Each chunk is decoded where it lies (a span of the bytes read, never copied); only
+        the line it shares with the previous chunk is joined and decoded on its own.
         """
         offset = pos.offset
         line_no = pos.lines
-        # Reads fill the buffer up, so what follows the last complete line is only ever a
-        # partial line (the decoder's passes over the buffer cover nothing stale).
-        buffer = bytearray(self.chunk_bytes)
-        fill = 0  # bytes in the buffer: a partial line, then what the last read gave
+        pending = b""  # the partial line the previous chunk ended with (no newline in it)
         # A line longer than MAX_LINE_BYTES is skipped, not buffered; the offset stays at its
         # start until its newline is seen, so a run stopped meanwhile reads it again.
         skip_len = 0
@@ -271,61 +256,67 @@ class ReplaySource:
         skip_tail = b""
         to_read = None if limit is None else limit - offset
         while not self._closed:
-            if fill == len(buffer):  # one line fills it: make room (up to MAX_LINE_BYTES)
-                buffer.extend(bytes(len(buffer)))
             # No read is longer than the line limit, so only a line carried over from earlier
-            # reads can exceed it (checked below): the limit does not depend on chunking.
-            size = min(len(buffer) - fill, self.chunk_bytes, MAX_LINE_BYTES)
+            # reads can exceed it (it is measured): the limit does not depend on chunking.
+            size = min(self.chunk_bytes, MAX_LINE_BYTES)
             if to_read is not None:
                 size = min(size, to_read)
-            got = await reader.readinto(buffer, fill, size) if size > 0 else 0
+            data = await reader.read(size) if size > 0 else b""
             if to_read is not None:
-                to_read -= got
-            eof = got == 0
-            fill += got
+                to_read -= len(data)
+            eof = not data
             rejects: list[Reject] = []
             start = 0
             if skip_len:
-                newline = buffer.find(b"\n", 0, fill)
+                newline = data.find(b"\n")
                 if newline < 0 and not (eof and complete):
-                    skip_len += fill
-                    skip_tail = (skip_tail + buffer[max(0, fill - _TAIL) : fill])[-_TAIL:]
-                    fill = 0
+                    skip_len += len(data)
+                    skip_tail = (skip_tail + data[-_TAIL:])[-_TAIL:]
                     if eof:
                         return
                     continue
-                start = fill if newline < 0 else newline + 1
+                start = len(data) if newline < 0 else newline + 1
                 line_no += 1
                 rejects.append(self._too_long(pos, line_no, skip_head))
                 offset += skip_len + start
-                tail = (tail + skip_tail + buffer[max(0, start - _TAIL) : start])[-_TAIL:]
+                tail = (tail + skip_tail + data[max(0, start - _TAIL) : start])[-_TAIL:]
                 skip_len = 0
-            cut = buffer.rfind(b"\n", start, fill)
-            if eof and complete and fill > start and cut != fill - 1:
-                stop = fill  # the input is complete: an unterminated last line counts too
+            head = b""
+            if pending:
+                newline = data.find(b"\n")
+                if newline < 0 and not (eof and complete):
+                    pending += data
+                    if len(pending) > MAX_LINE_BYTES:
+                        skip_len, skip_head, skip_tail = len(pending), pending[:4000], pending[-_TAIL:]
+                        pending = b""
+                    if eof:
+                        return
+                    continue
+                start = len(data) if newline < 0 else newline + 1
+                head, pending = pending + data[:start], b""
+            cut = data.rfind(b"\n", start)
+            if eof and complete and len(data) > start and cut != len(data) - 1:
+                stop = len(data)  # the input is complete: an unterminated last line counts too
             elif cut < 0:
                 stop = start
             else:
                 stop = cut + 1
-            if stop > start:
-                first = buffer.find(b"\n", start, stop)
-                end = stop if first < 0 else first + 1
-                if end - start - (first >= 0) > MAX_LINE_BYTES:
-                    line_no += 1
-                    rejects.append(self._too_long(pos, line_no, bytes(buffer[start : start + 4000])))
-                    offset += end - start
-                    tail = (tail + buffer[max(start, end - _TAIL) : end])[-_TAIL:]
-                    start = end
-            if fill - stop > MAX_LINE_BYTES:
-                skip_len = fill - stop
-                skip_head = bytes(buffer[stop : stop + 4000])
-                skip_tail = bytes(buffer[fill - _TAIL : fill])
-            if stop > start or rejects:
-                batch, lines = self._decode(pos, buffer, start, stop, offset, line_no)
-                batch.rejects[:0] = rejects
-                offset += stop - start
-                line_no += lines
-                tail = (tail + buffer[max(start, stop - _TAIL) : stop])[-_TAIL:]
+            pending = data[stop:]
+            if head or stop > start or rejects:
+                batch = Batch(self.inst_id, [], rejects, position=None)
+                if head:
+                    if len(head) - (head[-1] == 0x0A) > MAX_LINE_BYTES:
+                        # only a line joined from several reads can be this long
+                        line_no += 1
+                        batch.rejects.append(self._too_long(pos, line_no, head[:4000]))
+                    else:
+                        line_no = self._decode_into(batch, pos, head, 0, len(head), offset, line_no)
+                    offset += len(head)
+                    tail = (tail + head[-_TAIL:])[-_TAIL:]
+                if stop > start:
+                    line_no = self._decode_into(batch, pos, data, start, stop, offset, line_no)
+                    offset += stop - start
+                    tail = (tail + data[max(start, stop - _TAIL) : stop])[-_TAIL:]
                 self._files[day] = msgspec.structs.replace(
                     pos, offset=offset, lines=line_no, tail_crc=zlib.crc32(tail)
                 )
@@ -335,36 +326,35 @@ class ReplaySource:
                 yield batch
             if eof:
                 return
-            # The partial line (unless it is being skipped) moves to the front.
-            keep = 0 if skip_len else fill - stop
-            buffer[:keep] = buffer[fill - keep : fill]
-            fill = keep
-            if len(buffer) > self.chunk_bytes >= 2 * fill:
-                del buffer[self.chunk_bytes :]  # the long line is done: back to one chunk
             # Plain reads do not suspend: let the loop run between chunks, so other tasks
             # stay responsive and the batch just made is taken while it is still in cache.
             await asyncio.sleep(0)
 
-    def _decode(
-        self, pos: FilePos, buffer: bytearray, start: int, stop: int, offset: int, line_no: int
-    ) -> tuple[Batch, int]:
-        """The batch of the lines in ``buffer[start:stop]`` and how many lines they were."""
+    def _decode_into(
+        self, batch: Batch, pos: FilePos, data: bytes, start: int, stop: int, offset: int, line_no: int
+    ) -> int:
+        """Add what the lines of ``data[start:stop]`` hold to ``batch``; the new line count."""
         bom_only = False
-        if offset == 0 and buffer.startswith(_BOM, start, stop):
+        if offset == 0 and data.startswith(_BOM, start, stop):
             start += len(_BOM)
             bom_only = start == stop  # still one (unterminated, empty) line
         # The chunk goes to the decoder where it lies, as one span: no per-line objects on
         # the fast path, and the decoder counts the lines (a second scan is not free).
         decoded = self._decoder.decode_body(
-            buffer,
+            data,
             file=pos.name,
             first_line=line_no + 1,
             now_ms=int(self._clock() * 1000),
             start=start,
             end=stop,
         )
-        batch = Batch(self.inst_id, decoded.trades, decoded.rejects, decoded.skipped, position=None)
-        return batch, 1 if bom_only else decoded.lines
+        if batch.trades:
+            batch.trades += decoded.trades
+        else:
+            batch.trades = decoded.trades
+        batch.rejects += decoded.rejects
+        batch.skipped += decoded.skipped
+        return line_no + (1 if bom_only else decoded.lines)
 
     @staticmethod
     def _too_long(pos: FilePos, line_no: int, head: bytes) -> Reject:
