@@ -280,3 +280,14 @@ def test_snapshot_restore_continues_identically():
         bars += second.feed(trades[cut:]) + second.close()
         assert msgspec.json.encode(bars) == msgspec.json.encode(expected)
         assert second.counters == whole.counters
+
+
+def test_bar_stamps_are_utc_minutes_across_days_years_and_leap_days():
+    import time
+
+    from vstream.assembler import _stamp
+
+    start = 1_483_228_800 // 60  # 2017-01-01T00:00Z
+    for minute in [*range(start, start + 3000, 7), *range(start, start + 10 * 366 * 1440, 1439)]:
+        assert _stamp(minute) == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(minute * 60))
+    assert _stamp(28_499_039) == "2024-03-08T23:59:00Z" and _stamp(28_080_000) == "2023-05-23T00:00:00Z"

@@ -26,6 +26,7 @@ from .settings import TIMEFRAMES, Settings
 from .trades import Trade
 
 MICRO = 1_000_000
+_HALF = MICRO // 2
 
 
 class Bar(msgspec.Struct, gc=False, kw_only=True):
@@ -153,6 +154,20 @@ def _fraction(value: float) -> tuple[int, int]:
     return f.numerator, f.denominator
 
 
+_DAYS: dict[int, str] = {}
+
+
+def _stamp(minute: int) -> str:
+    """``YYYY-MM-DDTHH:MM:00Z`` of a minute since the epoch (strftime once per day)."""
+    day, rest = divmod(minute, 1440)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        if len(_DAYS) > 4096:
+            _DAYS.clear()
+        prefix = _DAYS[day] = time.strftime("%Y-%m-%dT", time.gmtime(day * 86_400))
+    return "%s%02d:%02d:00Z" % (prefix, rest // 60, rest % 60)
+
+
 def _ratio(text: str) -> tuple[int, int]:
     """An accepted price text as an exact (numerator, denominator > 0)."""
     whole, _, frac = text.partition(".")
@@ -182,6 +197,7 @@ class _Series:
         "next_start",
         "open",
         "ordered",
+        "ratios",
         "window",
     )
 
@@ -199,11 +215,22 @@ class _Series:
         self.div_delta = _fraction(settings.divergence_min_delta_ratio)
         self.open: Aggregate | None = None
         self.next_start = 0
+        # Price texts as exact fractions: opens and closes repeat from bar to bar.
+        self.ratios: dict[str, tuple[int, int]] = {}
 
     def finish(self, agg: Aggregate) -> Bar:
         total = agg.buy + agg.sell
-        on, od = _ratio(agg.open_px)
-        cn, cd = _ratio(agg.close_px)
+        ratios = self.ratios
+        opened = ratios.get(agg.open_px)
+        if opened is None:
+            if len(ratios) > 4096:
+                ratios.clear()
+            opened = ratios[agg.open_px] = _ratio(agg.open_px)
+        closed = ratios.get(agg.close_px)
+        if closed is None:
+            closed = ratios[agg.close_px] = _ratio(agg.close_px)
+        on, od = opened
+        cn, cd = closed
         # price change in percent = pn / pd exactly (pd > 0: prices are > 0)
         pn = (cn * od - on * cd) * 100
         pd = cd * on
@@ -250,7 +277,7 @@ class _Series:
         history.append(total)
         rounded_delta = _round_usd(delta)
         bar = Bar(
-            timestamp_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(agg.start * 60)),
+            timestamp_utc=_stamp(agg.start),
             instId=self.instrument.inst_id,
             exchange="okx",
             market=self.instrument.market,
@@ -259,11 +286,12 @@ class _Series:
             low=agg.low_px,
             close=agg.close_px,
             price_change_pct=pct_text,
-            total_volume=str(_round_usd(total)),
-            buy_volume=str(_round_usd(agg.buy)),
-            sell_volume=str(_round_usd(agg.sell)),
+            # (volumes are >= 0: rounding halves away from zero is rounding them up)
+            total_volume=str((total + _HALF) // MICRO),
+            buy_volume=str((agg.buy + _HALF) // MICRO),
+            sell_volume=str((agg.sell + _HALF) // MICRO),
             delta=("+%d" % rounded_delta) if rounded_delta >= 0 else str(rounded_delta),
-            whale_volume=str(_round_usd(agg.whale)),
+            whale_volume=str((agg.whale + _HALF) // MICRO),
             whale_count=agg.whale_count,
             trade_count=agg.trades,
             volume_tier=tier,
