@@ -73,3 +73,15 @@ def test_demo_generates_replays_and_summarises(run_cli, tmp_path):
         assert " rejects=10 " in summary and " duplicates=1 " in summary and " late=1 " in summary
         assert VaultPaths.of(tmp_path / "demo", inst).output().stat().st_size > 0
     assert "tiers: T1=" in out
+
+
+def test_commands_other_than_live_start_without_the_network_stack():
+    # websockets and httpx are for live mode only; replay, status and signals start without
+    # them (a faster start for commands run every few minutes). The public name still works.
+    code = (
+        "import sys, vstream.cli\n"
+        "assert 'websockets' not in sys.modules and 'httpx' not in sys.modules, sorted(sys.modules)\n"
+        "import vstream\n"
+        "assert vstream.OkxSource.__name__ == 'OkxSource' and 'websockets' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

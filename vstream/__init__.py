@@ -15,6 +15,8 @@ The smallest embedding::
     asyncio.run(main())
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .assembler import AssemblerState, Bar, BarAssembler, Counters
 from .engine import Engine, EngineStats, SinkStats
 from .errors import (
@@ -31,12 +33,25 @@ from .settings import Settings
 from .sinks import CallbackSink, Sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
-from .sources.okx import OkxSource
 from .sources.replay import ReplaySource
 from .state import InstrumentStore, State
 from .trades import LineDecoder, Reject, Trade
 
+if TYPE_CHECKING:
+    from .sources.okx import OkxSource
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The websocket source (websockets, httpx) loads on first use: replay, status and the
+    # other commands start without it.
+    if name == "OkxSource":
+        from .sources.okx import OkxSource
+
+        return OkxSource
+    raise AttributeError(f"module 'vstream' has no attribute {name!r}")
+
 
 __all__ = [
     "AssemblerState",

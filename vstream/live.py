@@ -25,7 +25,7 @@ from .engine import Engine
 from .errors import SourceError
 from .instruments import kind_of
 from .okx_rest import DEFAULT_REST_URL, OkxRest, refresh_instrument_cache
-from .sources.okx import CHANNELS, OkxSource
+from .trades import TRADE_CHANNELS
 
 log = logging.getLogger("vstream")
 _encoder = msgspec.json.Encoder()
@@ -47,7 +47,7 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
     )
     add_vault_option(live)
     live.add_argument(
-        "--channel", choices=CHANNELS, default="trades",
+        "--channel", choices=TRADE_CHANNELS, default="trades",
         help="trades (merged records, /ws/v5/public) or trades-all (every fill, /ws/v5/business)",
     )
     live.add_argument("--ws-url", metavar="U", help="websocket URL (default: OKX's for --channel)")
@@ -99,6 +99,8 @@ async def run_live(args: argparse.Namespace) -> int:
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids))
     for inst_id in inst_ids:
         kind_of(inst_id)
+    from .sources.okx import OkxSource  # websockets: only live mode needs it
+
     rest = OkxRest(args.rest_url or DEFAULT_REST_URL)
     try:
         try:

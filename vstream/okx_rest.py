@@ -18,14 +18,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import httpx
 import msgspec
 
 from .errors import ConfigError, SourceError
 from .instruments import CachedInstrument, InstrumentCache, Kind, cache_path, kind_of, load_cache
 from .state import write_atomic
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("vstream")
 
@@ -137,6 +139,8 @@ class OkxRest:
             await client.aclose()
 
     def _http(self) -> httpx.AsyncClient:
+        import httpx  # only live mode talks HTTP: the other commands start without it
+
         if self._client is None:
             self._client = httpx.AsyncClient(
                 timeout=self.timeout,
@@ -151,6 +155,8 @@ class OkxRest:
 
         Raises :class:`SourceError` when OKX answers with an error code or the call fails.
         """
+        import httpx
+
         limiter = self._limits.get(path)
         url = self.base_url + path
         last = ""

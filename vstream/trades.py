@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, UnsetType
@@ -36,7 +36,9 @@ MAX_PX_CHARS = 64
 MAX_ID_DIGITS = 32
 MAX_COUNT = 1_000_000_000
 
-_TRADE_CHANNELS = frozenset(("trades", "trades-all"))
+#: The OKX websocket channels that carry trades.
+TRADE_CHANNELS: Final = ("trades", "trades-all")
+_TRADE_CHANNELS = frozenset(TRADE_CHANNELS)
 _SIDES = frozenset(("buy", "sell"))
 
 

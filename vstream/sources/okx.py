@@ -69,7 +69,7 @@ from ..errors import ConfigError, SourceError, VStreamError
 from ..instruments import VaultPaths, kind_of
 from ..okx_rest import DEFAULT_REST_URL, OkxRest
 from ..state import FilePos
-from ..trades import LineDecoder, Reject, Trade
+from ..trades import TRADE_CHANNELS, LineDecoder, Reject, Trade
 from . import Batch
 from .replay import ReplaySource, day_files
 
@@ -77,7 +77,7 @@ log = logging.getLogger("vstream")
 
 PUBLIC_WS_URL: Final = "wss://ws.okx.com:8443/ws/v5/public"
 BUSINESS_WS_URL: Final = "wss://ws.okx.com:8443/ws/v5/business"
-CHANNELS: Final = ("trades", "trades-all")
+CHANNELS: Final = TRADE_CHANNELS
 #: OKX refuses a subscribe request longer than this; stay clearly below it.
 MAX_SUBSCRIBE_BYTES: Final = 64 * 1024 - 512
 MINUTE_MS: Final = 60_000
