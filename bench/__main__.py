@@ -245,10 +245,11 @@ async def _live(frames: int, per_frame: int, wait_bar: bool) -> dict[str, Any]:
             parent.send("one")
             ts_ms = await loop.run_in_executor(None, parent.recv)
             minute_end = (ts_ms // 60_000 + 1) * 60.0
-            count = len(bars)
+            # The bar of that trade's minute (an earlier minute's bar may still be on its way).
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(minute_end - 60))
             while time.time() < minute_end + settings.grace + 5:
                 await asyncio.sleep(0.01)
-                fresh = [t for t, b in bars[count:] if b.timestamp_utc.endswith("Z")]
+                fresh = [t for t, b in bars if b.timestamp_utc == stamp]
                 if fresh:
                     result["bar_after_minute_end_s"] = fresh[0] - minute_end
                     break
