@@ -268,3 +268,65 @@ def test_a_span_of_good_lines_takes_the_flat_path(monkeypatch) -> None:
     )
     assert [t.tradeId for t in out.trades] == [str(n) for n in range(1, 40)]
     assert out.lines == 39 and not out.rejects
+
+
+@st.composite
+def envelope(draw: st.DrawFn) -> bytes:
+    """A trades envelope line as a websocket recorder writes it: mostly good, sometimes odd."""
+    data = draw(st.lists(trade_obj(), max_size=4))
+    arg: object = {"channel": draw(st.sampled_from(["trades", "trades", "trades-all", "tickers"])), "instId": INST}
+    obj: dict[str, object] = {"arg": arg, "data": data}
+    odd = draw(st.integers(0, 9))
+    if odd == 0:
+        obj["event"] = "update"
+    elif odd == 1:
+        obj["op"] = "x"
+    elif odd == 2:
+        obj = {"data": data, "arg": arg}  # data first
+    elif odd == 3:
+        obj["arg"] = "trades"
+    raw = _encode(obj)
+    return raw + b"\r" if draw(st.booleans()) else raw
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(envelope(), min_size=1, max_size=10), st.booleans())
+def test_a_chunk_of_envelopes_decodes_as_the_careful_path_does(lines: list[bytes], terminated: bool) -> None:
+    body = b"\n".join(lines) + (b"\n" if terminated else b"")
+    fast = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+    assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines))
+    assert fast.lines == len(lines)
+
+
+def test_a_chunk_of_good_envelopes_takes_the_one_call_path(monkeypatch) -> None:
+    def slow(*args: object) -> None:
+        raise AssertionError("took the per-line path")
+
+    elements = [GOOD.replace(b'"1"', f'"{n}"'.encode(), 1) for n in range(1, 31)]
+    head = b'{"arg":{"channel":"trades","instId":"BTC-USDT-SWAP"},"data":['
+    lines = [head + b",".join(elements[i : i + 1 + i % 3]) + b"]}" for i in range(0, 30, 3)]
+    lines.append(head + b"]}")  # an empty push holds no trade
+    body = b"\n".join(lines) + b"\n"
+    careful = _careful(LineDecoder(INST), lines)
+    monkeypatch.setattr(LineDecoder, "_mixed", slow)
+    out = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+    assert _as_plain(out) == _as_plain(careful) and out.lines == len(lines)
+    assert len(out.trades) == sum(1 + i % 3 for i in range(0, 30, 3))
+
+
+def test_envelopes_that_regroup_are_not_taken_whole() -> None:
+    """One line ending an envelope and starting the next, a value after an envelope on its
+    line, an envelope split over two lines: the one-call path refuses each chunk."""
+    head = b'{"arg":{"channel":"trades"},"data":['
+    one = head + GOOD + b"]}"
+    two = head + GOOD.replace(b'"1"', b'"2"', 1)
+    cases = [
+        [one, one + b" " + two, b"]}", one],
+        [one, one + b" 5", one],
+        [one, head, GOOD + b"]}", one],
+        [one, one + b' "x"', one],
+    ]
+    for lines in cases:
+        body = b"\n".join(lines) + b"\n"
+        fast = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+        assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines)), lines

@@ -10,6 +10,7 @@ and reject the same trades; the careful path is the reference.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -224,6 +225,12 @@ _RAW_LIST = msgspec.json.Decoder(list[Raw])
 _NOT_BRACE_OR_NEWLINE = bytes(b for b in range(256) if b not in (0x7D, 0x0A))
 #: Every byte but "{", "}" and newline.
 _NOT_BRACES_OR_NEWLINE = bytes(b for b in range(256) if b not in (0x7B, 0x7D, 0x0A))
+#: Every byte but brackets, braces and newline.
+_NOT_BRACKETS_OR_NEWLINE = bytes(b for b in range(256) if b not in b"{}[]\n")
+#: Lines shaped as trade envelopes, ``{"arg":{...},"data":[{...},...]}``, once every other
+#: byte is deleted. Each such line is one balanced value that opens at its first byte and
+#: closes at its last: no value can end or start elsewhere on it, or span two lines.
+_ENVELOPE_LINES = re.compile(rb"(?:\{\{\}\[(?:\{\})*\]\}\n)*(?:\{\{\}\[(?:\{\})*\]\})?")
 
 
 def _one_brace_per_line(blob: bytes | bytearray, count: int) -> bool:
@@ -237,6 +244,18 @@ def _one_brace_per_line(blob: bytes | bytearray, count: int) -> bool:
     kept = blob.translate(None, _NOT_BRACE_OR_NEWLINE)
     one_each = b"}\n" * (count - 1) + b"}"
     return kept == one_each or kept == one_each + b"\n"
+
+
+def _kept(body: bytes | bytearray, start: int, stop: int, delete: bytes) -> bytes | bytearray:
+    """``body[start:stop]`` with the bytes in ``delete`` deleted, without copying the span:
+    deletion works byte by byte, so it is the whole buffer's result less the parts of the
+    (short) bytes around the span."""
+    kept = body.translate(None, delete)
+    if start or stop < len(body):
+        before = len(body[:start].translate(None, delete))
+        after = len(body[stop:].translate(None, delete))
+        kept = kept[before : len(kept) - after]
+    return kept
 
 
 def _one_pair_per_line(kept: bytes | bytearray, terminated: bool) -> int:
@@ -270,6 +289,10 @@ def _px_accepted(text: str) -> bool:
     return not isinstance(px, str) and px[1] >= MIN_PX
 
 
+class _TradeArg(msgspec.Struct, gc=False):
+    channel: Literal["trades", "trades-all"]
+
+
 class _FastKinds:
     """The typed decoders of the fast paths, for one instrument and one future-stamp bound.
 
@@ -283,7 +306,7 @@ class _FastKinds:
     Anything refused goes to a slower path; nothing is accepted that the careful path rejects.
     """
 
-    __slots__ = ("arg", "flat", "flat_line", "lines", "trades", "ts_max")
+    __slots__ = ("arg", "envelopes", "flat", "flat_line", "lines", "trades", "ts_max")
 
     def __init__(self, inst_id: str, ts_max: int) -> None:
         self.ts_max = ts_max
@@ -321,6 +344,19 @@ class _FastKinds:
             list[element], strict=False  # type: ignore[valid-type]
         )
         self.arg = msgspec.json.Decoder(_Arg)
+        # A whole line that is a trades envelope: the channel a trade channel, every element
+        # a trade (checked as above); a control key (event, op) sends the chunk elsewhere.
+        envelope = msgspec.defstruct(
+            "_EnvelopeLine",
+            [
+                ("arg", _TradeArg),
+                ("data", list[element]),  # type: ignore[valid-type]
+                ("event", UnsetType, UNSET),
+                ("op", UnsetType, UNSET),
+            ],
+            gc=False,
+        )
+        self.envelopes: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope, strict=False)
 
 
 class LineDecoder:
@@ -388,13 +424,7 @@ class LineDecoder:
         kinds = self._fast_kinds(now_ms)
         # The flat path needs no per-line objects and no framing: the span is decoded as
         # newline-delimited JSON in one call, and the alignment check counts its lines.
-        # Deletion works byte by byte, so the span's part of the whole buffer's result is
-        # what is left once the parts of the (short) bytes around it are cut off.
-        kept = body.translate(None, _NOT_BRACES_OR_NEWLINE)
-        if start or stop < len(body):
-            before = len(body[:start].translate(None, _NOT_BRACES_OR_NEWLINE))
-            after = len(body[stop:].translate(None, _NOT_BRACES_OR_NEWLINE))
-            kept = kept[before : len(kept) - after]
+        kept = _kept(body, start, stop, _NOT_BRACES_OR_NEWLINE)
         span = memoryview(body)[start:stop]
         count = _one_pair_per_line(kept, body[stop - 1] == 0x0A)
         # msgspec skips unknown keys without checking their UTF-8: the flat path is for
@@ -409,6 +439,8 @@ class LineDecoder:
                     out.trades = trades
                     out.lines = count
                     return out
+        elif count < 0 and self._envelopes(kinds, body, start, stop, span, out):
+            return out
         lines = bytes(span).split(b"\n")
         if lines[-1] == b"":
             lines.pop()
@@ -416,6 +448,38 @@ class LineDecoder:
         self._mixed(kinds, lines, 0, len(lines), file, first_line, now_ms, out)
         out.rejects.sort(key=_reject_line)
         return out
+
+    def _envelopes(
+        self,
+        kinds: _FastKinds,
+        body: bytes | bytearray,
+        start: int,
+        stop: int,
+        span: memoryview,
+        out: Decoded,
+    ) -> bool:
+        """The flat path for a chunk of trade envelopes (as websocket recorders write them):
+        one decode call when every line is one; False (nothing taken) otherwise."""
+        if not (body.isascii() or bytes(span).isascii()):
+            return False
+        kept = _kept(body, start, stop, _NOT_BRACKETS_OR_NEWLINE)
+        if not kept.startswith(b"{{}[") or _ENVELOPE_LINES.fullmatch(kept) is None:
+            return False
+        count = kept.count(b"\n") + (body[stop - 1] != 0x0A)
+        try:
+            lines = kinds.envelopes.decode_lines(span)
+        except _REFUSED:
+            return False
+        if len(lines) != count:
+            return False
+        trades: list[Trade] = []
+        for line in lines:
+            trades += line.data
+        if not self._texts_ok(trades):
+            return False
+        out.trades = trades
+        out.lines = count
+        return True
 
     def _run(
         self,
