@@ -96,7 +96,13 @@ def _encode(obj: object) -> bytes:
 @st.composite
 def line(draw: st.DrawFn) -> bytes:
     """One input line (no newline): mostly trades, envelopes, control messages, garbage."""
-    kind = draw(st.integers(0, 9))
+    kind = draw(st.integers(0, 10))
+    if kind == 10:
+        # a trade (good or not) that also carries an envelope or control key, not an array
+        obj = draw(trade_obj())
+        key = draw(st.sampled_from(["event", "op", "arg", "data"]))
+        obj[key] = draw(st.sampled_from(["x", 1, None, True, "trades", {"channel": "trades"}]))
+        return _encode(obj)
     if kind <= 3:
         return _encode(draw(trade_obj()))
     if kind == 4:
@@ -330,3 +336,31 @@ def test_envelopes_that_regroup_are_not_taken_whole() -> None:
         body = b"\n".join(lines) + b"\n"
         fast = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
         assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines)), lines
+
+
+def test_a_trade_with_extra_keys_is_a_trade_unless_it_pushes_data() -> None:
+    """Envelope and control keys on a complete, valid flat trade are just unknown keys; a
+    ``data`` array makes the line an envelope (here of no channel: skipped). Same on every
+    path: flat chunks, array-framed lines, mixed chunks and the careful one."""
+    padding = [GOOD.replace(b'"1"', f'"{n}"'.encode(), 1) for n in range(10, 30)]
+    extras = [
+        GOOD[:-1] + b',"event":"trade"}',
+        GOOD[:-1] + b',"op":"x"}',
+        GOOD[:-1] + b',"arg":"trades"}',
+        GOOD[:-1] + b',"data":null}',
+        GOOD[:-1] + b',"data":[]}',
+        GOOD[:-1] + b',"data":[1]}',
+        GOOD.replace(b'"px":"42219.9"', b'"px":"bad"')[:-1] + b',"event":"x"}',
+    ]
+    careful = _careful(LineDecoder(INST), [*padding, *extras])
+    assert len(careful.trades) == len(padding) + 4 and careful.skipped == 3 and not careful.rejects
+    chunks = [[*padding, *extras], extras, *([*padding, one, *padding] for one in extras)]
+    for lines in chunks:
+        expected = _careful(LineDecoder(INST), lines)
+        body = b"\n".join(lines) + b"\n"
+        by_body = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+        by_lines = LineDecoder(INST).decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+        assert _as_plain(by_body) == _as_plain(expected) == _as_plain(by_lines)
+    for one in extras:  # one at a time, as the live source decodes records
+        out = LineDecoder(INST).decode([one], file="ws", first_line=1, now_ms=NOW_MS)
+        assert _as_plain(out) == _as_plain(_careful(LineDecoder(INST), [one]))

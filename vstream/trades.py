@@ -221,10 +221,11 @@ _REFUSED = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 _RAW_LIST = msgspec.json.Decoder(list[Raw])
 
 
-#: Every byte but "}" and newline, deleted by bytes.translate in the alignment check.
-_NOT_BRACE_OR_NEWLINE = bytes(b for b in range(256) if b not in (0x7D, 0x0A))
-#: Every byte but "{", "}" and newline.
-_NOT_BRACES_OR_NEWLINE = bytes(b for b in range(256) if b not in (0x7B, 0x7D, 0x0A))
+#: Every byte but "}", "[" and newline, deleted by bytes.translate in the alignment check.
+_NOT_BRACE_OR_NEWLINE = bytes(b for b in range(256) if b not in b"}[\n")
+#: Every byte but "{", "}", "[" and newline. ("[" is kept so that a line holding an array,
+#: such as an envelope's ``data``, never passes for a flat trade.)
+_NOT_BRACES_OR_NEWLINE = bytes(b for b in range(256) if b not in b"{}[\n")
 #: Every byte but brackets, braces and newline.
 _NOT_BRACKETS_OR_NEWLINE = bytes(b for b in range(256) if b not in b"{}[]\n")
 #: Lines shaped as trade envelopes, ``{"arg":{...},"data":[{...},...]}``, once every other
@@ -234,15 +235,16 @@ _ENVELOPE_LINES = re.compile(rb"(?:\{\{\}\[(?:\{\})*\]\}\n)*(?:\{\{\}\[(?:\{\})*
 
 
 def _one_brace_per_line(blob: bytes | bytearray, count: int) -> bool:
-    """True if each of the ``count`` joined lines holds exactly one ``}``.
+    """True if each of the ``count`` lines joined in the array ``blob`` holds exactly one
+    ``}`` and no ``[``.
 
     Then no line can hold two objects (each needs its own ``}``), so a decode giving exactly
     ``count`` objects gives one per line: two broken lines completing each other would give
-    fewer. A flat trade line has exactly one ``}``; anything else takes a slower path. One
-    C-speed pass (translate keeps only braces and newlines), no per-line work.
+    fewer. A flat trade line has exactly one ``}`` and no array; anything else takes a slower
+    path. One C-speed pass (translate keeps only those bytes), no per-line work.
     """
     kept = blob.translate(None, _NOT_BRACE_OR_NEWLINE)
-    one_each = b"}\n" * (count - 1) + b"}"
+    one_each = b"[" + b"}\n" * (count - 1) + b"}"
     return kept == one_each or kept == one_each + b"\n"
 
 
@@ -299,9 +301,10 @@ class _FastKinds:
     Every SPEC §3 rule that msgspec can check runs in C during decoding: ``instId`` must be
     the instrument (a ``Literal``), ``side`` buy/sell, ``sz`` finite and > 0, ``ts`` an integer
     inside the accepted range, ``count`` in range, ``tradeId``/``px`` strings of a sane
-    length (the plausibility bounds of :func:`check_trade` included). A line
-    with a key that makes it an envelope or a control message (``arg``, ``data``, ``event``,
-    ``op``) fails the flat decoder (those fields only accept "absent"). What C cannot check —
+    length (the plausibility bounds of :func:`check_trade` included). A flat line that also
+    carries ``arg``, ``data``, ``event`` or ``op`` is a trade if its trade fields are complete
+    and valid (the careful path's rule); an envelope's ``data`` array never reaches the flat
+    decoder (the alignment check refuses any ``[``). What C cannot check —
     ``tradeId`` all digits, ``px`` plain decimal text — is checked per chunk afterwards.
     Anything refused goes to a slower path; nothing is accepted that the careful path rejects.
     """
@@ -322,10 +325,10 @@ class _FastKinds:
         opts: dict[str, Any] = {"bases": (Trade,), "gc": False, "kw_only": True}
         # An envelope element: a trade whatever other keys it carries.
         element = msgspec.defstruct("_Element", fields, **opts)
-        # A flat line: the same, but an envelope/control key sends the chunk elsewhere.
-        flat = msgspec.defstruct(
-            "_Flat", [*fields, *((k, UnsetType, UNSET) for k in _ENVELOPE_KEYS)], **opts
-        )
+        # A flat line: the same. Other keys are skipped, envelope and control keys too: a
+        # line holding a complete, valid trade is a trade (see LineDecoder._careful); an
+        # envelope's data array fails the alignment check before decoding.
+        flat = msgspec.defstruct("_Flat", fields, **opts)
         # Any line shape: trade fields optional (still checked when present), envelope
         # parts kept raw so a foreign channel's data or an odd ``arg`` cannot fail the chunk.
         loose = [(f[0], f[1] | UnsetType, f[2] if len(f) > 2 else UNSET) for f in fields]
@@ -594,6 +597,10 @@ class LineDecoder:
         trades = out.trades
         for index, item in zip(kept, items, strict=True):
             if not (item.arg is UNSET and item.data is UNSET and item.event is UNSET and item.op is UNSET):
+                if item.data is UNSET or bytes(item.data)[:1] != b"[":
+                    # a control message or a trade with extra keys: rare, judged exactly
+                    self._careful(lines[index], file, first_line + index, now_ms, out)
+                    continue
                 got = self._envelope(kinds, item)
                 if got is None:
                     self._careful(lines[index], file, first_line + index, now_ms, out)
@@ -616,9 +623,10 @@ class LineDecoder:
                 trades.append(item)
 
     def _envelope(self, kinds: _FastKinds, item: Any) -> list[Trade] | Literal["skip"] | None:
-        """The trades of a push envelope, "skip" for a message to skip, None if unsure."""
-        if item.event is not UNSET or item.data is UNSET or item.arg is UNSET:
-            return "skip"  # a control message, or no channel or no data: nothing to judge
+        """The trades of a push envelope (``data`` is an array), "skip" for a message to
+        skip, None if unsure."""
+        if item.event is not UNSET or item.arg is UNSET:
+            return "skip"  # a control message, or no channel: nothing to judge
         if item.op is not UNSET:
             return None  # odd enough for the careful path
         try:
@@ -657,10 +665,19 @@ class LineDecoder:
             )
             return
         if "data" in obj or "arg" in obj or "event" in obj or "op" in obj:
+            data = obj.get("data")
+            if not isinstance(data, list):
+                # Not a push of trades: a control message, unless it holds a complete, valid
+                # trade of its own (then the extra keys are just unknown keys).
+                verdict = check_trade(obj, self.inst_id, now_ms)
+                if isinstance(verdict, str):
+                    out.skipped += 1
+                else:
+                    out.trades.append(verdict)
+                return
             arg = obj.get("arg")
             channel = arg.get("channel") if isinstance(arg, dict) else None
-            data = obj.get("data")
-            if "event" in obj or channel not in _TRADE_CHANNELS or not isinstance(data, list):
+            if "event" in obj or channel not in _TRADE_CHANNELS:
                 out.skipped += 1
                 return
             for index, element in enumerate(data):
