@@ -57,7 +57,13 @@ _row_decoder = msgspec.json.Decoder(_Row, strict=False)
 
 
 class RateLimiter:
-    """At most ``calls`` acquisitions in any window of ``per`` seconds (sliding window).
+    """At most ``calls`` requests in any window of ``per`` seconds, as the server counts them.
+
+    A call holds its place from :meth:`acquire` until :meth:`release`, and its window starts
+    at the release: the server saw the request at some instant between the two, so counting
+    from the answer can never run ahead of the server's count, however late the loop or the
+    network delivered the request. (Counting from the send, as a plain sliding window does,
+    gets a 429 whenever an early request reached the server later than a later one.)
 
     ``clock`` is a monotonic clock in seconds (the event loop's by default).
     """
@@ -70,23 +76,37 @@ class RateLimiter:
         self.calls = calls
         self.per = per
         self._clock = clock
-        self._times: deque[float] = deque()
+        self._times: deque[float] = deque()  # when the finished calls of the window ended
+        self._in_flight = 0
+        self._released = asyncio.Event()
         self._lock = asyncio.Lock()
 
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
     async def acquire(self) -> None:
-        """Wait until one more call fits in the window, and count it."""
+        """Wait until one more call fits in the window; it counts until :meth:`release`."""
         async with self._lock:
             while True:
                 now = self._now()
                 while self._times and now - self._times[0] >= self.per:
                     self._times.popleft()
-                if len(self._times) < self.calls:
-                    self._times.append(now)
+                if len(self._times) + self._in_flight < self.calls:
+                    self._in_flight += 1
                     return
-                await asyncio.sleep(self.per - (now - self._times[0]) + 1e-3)
+                if self._times:
+                    await asyncio.sleep(self.per - (now - self._times[0]) + 1e-3)
+                else:  # every place is held by a call still under way
+                    self._released.clear()
+                    await self._released.wait()
+
+    def release(self) -> None:
+        """The call that :meth:`acquire` admitted has its answer (or failed): its window starts."""
+        if self._in_flight < 1:
+            raise RuntimeError("RateLimiter.release() without acquire()")
+        self._in_flight -= 1
+        self._times.append(self._now())
+        self._released.set()
 
     def penalize(self) -> None:
         """The server said "too many requests": treat the window as full from now."""
@@ -119,10 +139,9 @@ class OkxRest:
         self._client = client
         self._owns_client = client is None
         calls, per = rate
-        # 10% slack: the server's window starts when a request arrives, ours when it leaves.
         self._limits = {
-            HISTORY_TRADES_PATH: RateLimiter(calls, per * 1.1),
-            INSTRUMENTS_PATH: RateLimiter(calls, per * 1.1),
+            HISTORY_TRADES_PATH: RateLimiter(calls, per),
+            INSTRUMENTS_PATH: RateLimiter(calls, per),
         }
         self.calls = 0
 
@@ -165,7 +184,11 @@ class OkxRest:
                 await limiter.acquire()
             self.calls += 1
             try:
-                resp = await self._http().get(url, params=dict(params))
+                try:
+                    resp = await self._http().get(url, params=dict(params))
+                finally:  # answered, failed or cancelled: the place is given back
+                    if limiter is not None:
+                        limiter.release()
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(min(0.2 * 2**attempt, 2.0))

@@ -398,14 +398,35 @@ async def test_rest_retries_when_rate_limited() -> None:
 async def test_rate_limiter_window() -> None:
     now = [0.0]
     limiter = RateLimiter(2, 1.0, clock=lambda: now[0])
-    await limiter.acquire()
-    await limiter.acquire()
+    for _ in range(2):
+        await limiter.acquire()
+        limiter.release()
     waiter = asyncio.create_task(limiter.acquire())
     await asyncio.sleep(0.05)
     assert not waiter.done()
     now[0] = 1.5
     async with asyncio.timeout(5):
         await waiter
+
+
+async def test_rate_limiter_counts_the_window_from_the_answer() -> None:
+    # The server sees a request somewhere between send and answer: a window counted from the
+    # answer never admits a call the server would count inside the previous window.
+    now = [0.0]
+    limiter = RateLimiter(1, 1.0, clock=lambda: now[0])
+    await limiter.acquire()
+    waiter = asyncio.create_task(limiter.acquire())
+    now[0] = 5.0  # the first call is still under way: its place stays taken
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    limiter.release()  # answered at t=5: the next call may go at t=6, not t=1
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    now[0] = 6.0
+    async with asyncio.timeout(5):
+        await waiter
+    with pytest.raises(RuntimeError):
+        RateLimiter(1, 1.0).release()
 
 
 async def test_instrument_cache_is_fetched_and_used_offline(tmp_path: Path) -> None:
