@@ -1,8 +1,9 @@
-"""Build vstream, compiling the per-trade loop (``vstream/kernel.py``) to C with mypyc.
+"""Build vstream, compiling the per-trade loop (``vstream/kernel.py``) to C with mypyc, and
+the replay decoder's line-shape check (``vstream/_lines.c``).
 
-The compiled module is optional: with no C compiler, no Python headers, or
+Both compiled modules are optional: with no C compiler, no Python headers, or
 ``VSTREAM_PURE=1`` in the environment, vstream installs as pure Python and runs the same
-source interpreted (slower, same output). ``python -c "import vstream.kernel as k;
+logic interpreted (slower, same output). ``python -c "import vstream.kernel as k;
 print(k.__file__)"`` tells which one is installed: a ``.so``/``.pyd`` is the compiled one.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 
 def _kernel() -> list[object]:
@@ -38,4 +39,11 @@ def _kernel() -> list[object]:
     return list(extensions)
 
 
-setup(ext_modules=_kernel())
+def _lines() -> list[object]:
+    if os.environ.get("VSTREAM_PURE", "") not in ("", "0"):
+        return []
+    # optional: without a compiler, vstream.trades uses its interpreted check
+    return [Extension("vstream._lines", ["vstream/_lines.c"], optional=True)]
+
+
+setup(ext_modules=[*_kernel(), *_lines()])

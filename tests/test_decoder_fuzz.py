@@ -7,15 +7,33 @@ to arbitrary bytes:
 - ``decode`` never raises;
 - what ``decode`` returns (trades, rejects, skipped) equals the careful path run line by line;
 - every non-blank line is accounted for: it gives trades, a reject or a skip.
+
+The flat path's alignment check exists twice (compiled ``vstream._lines.flat_lines`` and the
+interpreted ``flat_lines_py``, with different rules that give the same guarantee): the tests
+that decode file chunks run with each.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from unittest import mock
+
 import msgspec
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from vstream.trades import Decoded, LineDecoder
+import vstream.trades
+from vstream.trades import Decoded, LineDecoder, flat_lines_py
+
+try:
+    from vstream._lines import flat_lines as compiled_flat_lines
+except ImportError:  # a pure-Python install: test_lines.py says whether that was expected
+    CHECKS: list[Callable[[bytes | bytearray, int, int], int]] = [flat_lines_py]
+else:
+    CHECKS = [compiled_flat_lines, flat_lines_py]
+
+each_check = pytest.mark.parametrize("check", CHECKS, ids=lambda f: f.__module__)
 
 INST = "BTC-USDT-SWAP"
 NOW_MS = 1_765_843_200_000  # 2025-12-16T00:00:00Z: fixed, so the far-future check is stable
@@ -151,6 +169,7 @@ GOOD = (
 )
 
 
+@each_check
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(line(), max_size=12))
 @example([GOOD, GOOD.replace(b'"12"', b'"1e16"')])
@@ -161,7 +180,15 @@ GOOD = (
 @example([b'{"event":"', b"\x80", b'"'])  # non-UTF-8 only once lines are joined
 @example([GOOD[:-1] + b',"x":"', b'"}'])  # two broken lines that join into one trade
 @example([GOOD[:-1] + b',"x":"', b'"}'] * 5 + [b'{"event":"x"}', b"pong"] * 6)
-def test_fast_path_equals_careful_path(lines: list[bytes]) -> None:
+@example([GOOD + GOOD, GOOD[:-1] + b',"x":{"y":{}', b'{"z":1}}'])  # ends "}" but still open
+@example([GOOD[:-1] + b',"x":"}', b'{"}'])  # a string across the newline
+@example([GOOD + b" " + GOOD[:40], GOOD[40:]])  # one line ends a trade and starts the next
+def test_fast_path_equals_careful_path(check, lines: list[bytes]) -> None:
+    with mock.patch.object(vstream.trades, "flat_lines", check):
+        _fast_path_equals_careful_path(lines)
+
+
+def _fast_path_equals_careful_path(lines: list[bytes]) -> None:
     decoder = LineDecoder(INST)
     fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
     careful = _careful(LineDecoder(INST), lines)
@@ -202,9 +229,15 @@ def test_every_line_is_accounted_for(lines: list[bytes]) -> None:
             msgspec.json.encode(reject)  # always writable to the rejects file
 
 
+@each_check
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"")), max_size=6))
-def test_arbitrary_bytes_never_raise(lines: list[bytes]) -> None:
+def test_arbitrary_bytes_never_raise(check, lines: list[bytes]) -> None:
+    with mock.patch.object(vstream.trades, "flat_lines", check):
+        _arbitrary_bytes_never_raise(lines)
+
+
+def _arbitrary_bytes_never_raise(lines: list[bytes]) -> None:
     decoder = LineDecoder(INST)
     fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
     careful = _careful(LineDecoder(INST), lines)
@@ -230,9 +263,11 @@ def test_accepted_trades_obey_the_contract(objs: list[dict[str, object]]) -> Non
     assert len(out.trades) + len(out.rejects) == len(objs)
 
 
-def test_split_and_merge_in_one_chunk_are_not_accepted() -> None:
+@each_check
+def test_split_and_merge_in_one_chunk_are_not_accepted(check, monkeypatch) -> None:
     """Joined lines that regroup (one holding two objects, two completing each other) are
     caught on both fast paths: flat trades, and lines mixed with envelopes."""
+    monkeypatch.setattr(vstream.trades, "flat_lines", check)
     two_in_one = GOOD + b"," + GOOD.replace(b'"1"', b'"2"', 1)
     crafted = [two_in_one, GOOD[:-1] + b',"x":[{"z":1}', b'{"q":1}]}']
     # Newline-delimited values need no comma: one line ends a trade and starts the next,
@@ -242,7 +277,12 @@ def test_split_and_merge_in_one_chunk_are_not_accepted() -> None:
     straddle = [GOOD + b" " + second[:cut], second[cut:]]
     envelope = b'{"arg":{"channel":"trades"},"data":[' + GOOD.replace(b'"1"', b'"3"', 1) + b"]}"
     padding = [GOOD.replace(b'"1"', f'"{n}"'.encode(), 1) for n in range(10, 30)]
+    # Each line starts with "{" and ends with "}": two trades on one line, and a trade whose
+    # "}" at a line's end closes a nested object, completed by the next line.
+    nested = [GOOD + GOOD.replace(b'"1"', b'"5"', 1), GOOD[:-1] + b',"x":{"y":{}', b'{"z":1}}']
     for lines in (
+        nested,
+        [*padding, *nested, *padding],
         crafted,
         [*padding, *crafted],
         [envelope, *padding, *crafted, envelope],
@@ -256,9 +296,11 @@ def test_split_and_merge_in_one_chunk_are_not_accepted() -> None:
         assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines))
 
 
-def test_a_span_of_good_lines_takes_the_flat_path(monkeypatch) -> None:
+@each_check
+def test_a_span_of_good_lines_takes_the_flat_path(check, monkeypatch) -> None:
     """Good lines in the middle of a reader's buffer (partial lines around them, one not
     ASCII) are decoded in one call: the slower paths are not needed, so they are not used."""
+    monkeypatch.setattr(vstream.trades, "flat_lines", check)
     good = [GOOD.replace(b'"1"', f'"{n}"'.encode(), 1) for n in range(1, 40)]
     chunk = b"\n".join(good) + b"\n"
     head, tail = b'"x":"\xc3\xa9"}\n', b'{"instId":"BTC'
@@ -338,10 +380,12 @@ def test_envelopes_that_regroup_are_not_taken_whole() -> None:
         assert _as_plain(fast) == _as_plain(_careful(LineDecoder(INST), lines)), lines
 
 
-def test_a_trade_with_extra_keys_is_a_trade_unless_it_pushes_data() -> None:
+@each_check
+def test_a_trade_with_extra_keys_is_a_trade_unless_it_pushes_data(check, monkeypatch) -> None:
     """Envelope and control keys on a complete, valid flat trade are just unknown keys; a
     ``data`` array makes the line an envelope (here of no channel: skipped). Same on every
     path: flat chunks, array-framed lines, mixed chunks and the careful one."""
+    monkeypatch.setattr(vstream.trades, "flat_lines", check)
     padding = [GOOD.replace(b'"1"', f'"{n}"'.encode(), 1) for n in range(10, 30)]
     extras = [
         GOOD[:-1] + b',"event":"trade"}',

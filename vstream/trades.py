@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal
 
@@ -260,6 +260,16 @@ def _kept(body: bytes | bytearray, start: int, stop: int, delete: bytes) -> byte
     return kept
 
 
+def flat_lines_py(body: bytes | bytearray, start: int, stop: int) -> int:
+    """How many lines ``body[start:stop]`` holds if each holds exactly one ``{`` and, after
+    it, one ``}`` (and no ``[``); -1 otherwise. The interpreted alignment check: see
+    :func:`_one_pair_per_line`. ``vstream._lines.flat_lines`` is the compiled one."""
+    if stop <= start:
+        return -1
+    kept = _kept(body, start, stop, _NOT_BRACES_OR_NEWLINE)
+    return _one_pair_per_line(kept, body[stop - 1] == 0x0A)
+
+
 def _one_pair_per_line(kept: bytes | bytearray, terminated: bool) -> int:
     """How many lines a body holds if each holds exactly one ``{`` and, after it, one ``}``;
     -1 otherwise. ``kept`` is the body with every byte but braces and newlines deleted.
@@ -274,6 +284,15 @@ def _one_pair_per_line(kept: bytes | bytearray, terminated: bool) -> int:
     shape = b"{}\n" * count if terminated else b"{}\n" * (count - 1) + b"{}"
     return count if count and kept == shape else -1
 
+
+try:
+    # The same guarantee by another rule, per line instead of per byte (see _lines.c):
+    # every line starts with "{" and ends with "}", and no "[" anywhere.
+    from ._lines import flat_lines as _compiled_flat_lines
+except ImportError:  # built without a compiler: the interpreted check
+    flat_lines: Callable[[bytes | bytearray, int, int], int] = flat_lines_py
+else:
+    flat_lines = _compiled_flat_lines
 
 #: Largest finite float: ``le`` this bound rejects inf in C (msgspec refuses ``lt=inf``).
 _FLOAT_MAX = sys.float_info.max
@@ -427,9 +446,8 @@ class LineDecoder:
         kinds = self._fast_kinds(now_ms)
         # The flat path needs no per-line objects and no framing: the span is decoded as
         # newline-delimited JSON in one call, and the alignment check counts its lines.
-        kept = _kept(body, start, stop, _NOT_BRACES_OR_NEWLINE)
+        count = flat_lines(body, start, stop)
         span = memoryview(body)[start:stop]
-        count = _one_pair_per_line(kept, body[stop - 1] == 0x0A)
         # msgspec skips unknown keys without checking their UTF-8: the flat path is for
         # ASCII only (the whole buffer is one cheap test; the span alone, the exact one).
         if count > 0 and (body.isascii() or bytes(span).isascii()):
