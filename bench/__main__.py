@@ -16,6 +16,8 @@ What is measured, exactly:
   same file: read files, validate every line (SPEC §3), build bars, write bars and state
   (fsync). Timed inside the process around ``vstream.cli.main`` (best of ``--repeat``) and
   from outside (interpreter start included). Peak RSS is ``ru_maxrss`` of that process.
+  The floor and the replay alternate, one of each per round (``--repeat`` rounds): the
+  ratio is given best against best and for each round, two runs seconds apart.
 * **several instruments** — ``replay --all`` over two instruments (one worker process each)
   against the same instruments replayed one after the other; outputs compared byte for byte.
 * **pandas** (optional, ``pip install .[bench]``) — what a user might write instead:
@@ -312,7 +314,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trades", type=int, default=2_000_000, help="trade lines (2000000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure, best kept (3)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (rounds of floor + replay), best kept (3)")
     parser.add_argument("--no-multi", action="store_true", help="skip the two-instrument run")
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas baseline")
     parser.add_argument("--no-live", action="store_true", help="skip the live figures")
@@ -337,15 +339,28 @@ def main() -> None:
         print(f"data: {args.trades} trade lines, {size / 1e6:.0f} MB, {size / args.trades:.0f} bytes/line "
               f"(generated in {time.perf_counter() - t0:.1f} s)\n")
 
-        floor, floor_all, lines = decode_floor(path, args.repeat)
+        # The floor and the replay alternate, one of each per round, so that the ratio of a
+        # round compares two runs made within seconds of each other: this machine's speed
+        # drifts from minute to minute, and a floor timed before every replay run would
+        # carry that drift into the ratio.
+        floors: list[tuple[float, float]] = []
+        runs: list[dict[str, Any]] = []
+        lines = 0
+        for _ in range(args.repeat):
+            floor_one, floor_all_one, lines = decode_floor(path, 1)
+            floors.append((floor_one, floor_all_one))
+            runs += replay(vault, [INST], 1)
+        floor = min(f for f, _ in floors)
+        floor_all = min(a for _, a in floors)
         show("decode floor (decode calls only)", f"{lines / floor:>12,.0f} trades/s  {floor:6.2f} s")
         show("decode floor incl. reading the chunks", f"{lines / floor_all:>12,.0f} trades/s  {floor_all:6.2f} s")
 
-        runs = replay(vault, [INST], args.repeat)
         best = min(runs, key=lambda r: r["seconds"])
         show("replay --final (in process)", f"{lines / best['seconds']:>12,.0f} trades/s  {best['seconds']:6.2f} s")
         show("replay --final (wall, incl. interpreter)", f"{lines / best['wall']:>12,.0f} trades/s  {best['wall']:6.2f} s")
-        show("replay / decode floor", f"{best['seconds'] / floor:>12.2f} x")
+        show("replay / decode floor (best / best)", f"{best['seconds'] / floor:>12.2f} x")
+        ratios = sorted(r["seconds"] / f for r, (f, _) in zip(runs, floors, strict=True))
+        show("replay / decode floor, each round", "  ".join(f"{x:.2f}" for x in ratios) + " x")
         show("replay peak RSS", f"{max(r['maxrss_kb'] for r in runs) / 1024:>12.0f} MB")
 
         if not args.no_multi:
