@@ -185,28 +185,24 @@ GOOD = (
 @example([GOOD + b" " + GOOD[:40], GOOD[40:]])  # one line ends a trade and starts the next
 def test_fast_path_equals_careful_path(check, lines: list[bytes]) -> None:
     with mock.patch.object(vstream.trades, "flat_lines", check):
-        _fast_path_equals_careful_path(lines)
-
-
-def _fast_path_equals_careful_path(lines: list[bytes]) -> None:
-    decoder = LineDecoder(INST)
-    fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
-    careful = _careful(LineDecoder(INST), lines)
-    assert _as_plain(fast) == _as_plain(careful)
-    if any(b"\n" in raw for raw in lines):
-        return  # not lines of a file
-    # the same lines as a file chunk (replay's path: newline-delimited, no framing)
-    body = LineDecoder(INST).decode_body(
-        b"\n".join(lines) + b"\n", file="f.jsonl", first_line=1, now_ms=NOW_MS
-    )
-    assert _as_plain(body) == _as_plain(careful)
-    # ... and as the span of a reader's buffer, between bytes that are not its lines
-    chunk = b"\n".join(lines) + b"\n"
-    buffer = bytearray(b'{"x":"\xc3\xa9"}}{\n' + chunk + b'{"y":1}\n{')
-    span = LineDecoder(INST).decode_body(
-        buffer, file="f.jsonl", first_line=1, now_ms=NOW_MS, start=13, end=13 + len(chunk)
-    )
-    assert _as_plain(span) == _as_plain(careful)
+        decoder = LineDecoder(INST)
+        fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+        careful = _careful(LineDecoder(INST), lines)
+        assert _as_plain(fast) == _as_plain(careful)
+        if any(b"\n" in raw for raw in lines):
+            return  # not lines of a file
+        # the same lines as a file chunk (replay's path: newline-delimited, no framing)
+        body = LineDecoder(INST).decode_body(
+            b"\n".join(lines) + b"\n", file="f.jsonl", first_line=1, now_ms=NOW_MS
+        )
+        assert _as_plain(body) == _as_plain(careful)
+        # ... and as the span of a reader's buffer, between bytes that are not its lines
+        chunk = b"\n".join(lines) + b"\n"
+        buffer = bytearray(b'{"x":"\xc3\xa9"}}{\n' + chunk + b'{"y":1}\n{')
+        span = LineDecoder(INST).decode_body(
+            buffer, file="f.jsonl", first_line=1, now_ms=NOW_MS, start=13, end=13 + len(chunk)
+        )
+        assert _as_plain(span) == _as_plain(careful)
 
 
 @settings(max_examples=300, deadline=None)
@@ -234,18 +230,14 @@ def test_every_line_is_accounted_for(lines: list[bytes]) -> None:
 @given(st.lists(st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"")), max_size=6))
 def test_arbitrary_bytes_never_raise(check, lines: list[bytes]) -> None:
     with mock.patch.object(vstream.trades, "flat_lines", check):
-        _arbitrary_bytes_never_raise(lines)
-
-
-def _arbitrary_bytes_never_raise(lines: list[bytes]) -> None:
-    decoder = LineDecoder(INST)
-    fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
-    careful = _careful(LineDecoder(INST), lines)
-    assert _as_plain(fast) == _as_plain(careful)
-    msgspec.json.encode(fast.rejects)
-    body = b"\n".join(lines)  # unterminated: the last chunk of a complete file
-    got = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
-    assert _as_plain(got) == _as_plain(careful)
+        decoder = LineDecoder(INST)
+        fast = decoder.decode(lines, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+        careful = _careful(LineDecoder(INST), lines)
+        assert _as_plain(fast) == _as_plain(careful)
+        msgspec.json.encode(fast.rejects)
+        body = b"\n".join(lines)  # unterminated: the last chunk of a complete file
+        got = LineDecoder(INST).decode_body(body, file="f.jsonl", first_line=1, now_ms=NOW_MS)
+        assert _as_plain(got) == _as_plain(careful)
 
 
 @settings(max_examples=200, deadline=None)
