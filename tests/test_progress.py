@@ -11,7 +11,8 @@ import pytest
 from support import REAL_DATA
 
 from vstream.archive import import_archives
-from vstream.cli import main, replay_one
+from vstream.cli import main
+from vstream.cli.replay import replay_one
 from vstream.generate import generate_vault
 from vstream.progress import Progress
 from vstream.settings import Settings

@@ -20,12 +20,20 @@ from typing import Any
 
 import msgspec
 
-from .assembler import Bar
-from .engine import Engine
-from .errors import SourceError
-from .instruments import kind_of
-from .okx_rest import DEFAULT_REST_URL, OkxRest, refresh_instrument_cache
-from .trades import TRADE_CHANNELS
+from ..assembler import Bar
+from ..engine import Engine
+from ..errors import SourceError
+from ..instruments import kind_of
+from ..okx_rest import DEFAULT_REST_URL, OkxRest, refresh_instrument_cache
+from ..trades import TRADE_CHANNELS
+from .common import (
+    add_settings_options,
+    add_vault_option,
+    checkpoint_interval,
+    settings_of,
+    summary_line,
+    vault_of,
+)
 
 log = logging.getLogger("vstream")
 _encoder = msgspec.json.Encoder()
@@ -33,8 +41,6 @@ _encoder = msgspec.json.Encoder()
 
 def register_live(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the ``live`` subcommand."""
-    from .cli import add_settings_options, add_vault_option
-
     live = sub.add_parser(
         "live",
         help="stream trades from the OKX websocket into bars until SIGINT/SIGTERM",
@@ -92,14 +98,12 @@ def _install_signals(loop: asyncio.AbstractEventLoop, on_signal: Callable[[], No
 
 async def run_live(args: argparse.Namespace) -> int:
     """The ``live`` command: returns 0 after a clean stop."""
-    from .cli import _checkpoint_interval, settings_of, summary_line, vault_of
-
     vault = vault_of(args)
     settings = settings_of(args)
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids))
     for inst_id in inst_ids:
         kind_of(inst_id)
-    from .sources.okx import OkxSource  # websockets: only live mode needs it
+    from ..sources.okx import OkxSource  # websockets: only live mode needs it
 
     rest = OkxRest(args.rest_url or DEFAULT_REST_URL)
     try:
@@ -126,7 +130,7 @@ async def run_live(args: argparse.Namespace) -> int:
             sinks=[show],
             settings=settings,
             vault=vault,
-            checkpoint_interval=_checkpoint_interval(),
+            checkpoint_interval=checkpoint_interval(),
         )
         signals = 0
 

@@ -1,0 +1,67 @@
+"""The ``vstream`` command line (SPEC §8). The only place that starts an event loop.
+
+One module per command (``replay``, ``live``, ``signals``, ...), each with a ``register``
+function that adds its subcommand; ``common`` holds what they share. Commands import
+``common`` and the library below it, never this package's top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from .chart import register_chart
+from .common import Parser, report, run_async
+from .demo import register_demo
+from .import_okx import register_import_okx
+from .live import register_live
+from .replay import register_replay
+from .signals import register_signals
+from .status import register_status
+
+#: Each adds its subcommand and sets ``handler`` (an async function of the parsed arguments).
+REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
+    register_replay,
+    register_demo,
+    register_import_okx,
+    register_signals,
+    register_status,
+    register_chart,
+    register_live,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="vstream", description="OKX trades into one-minute order-flow bars.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vstream`` command; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else logging.WARNING,
+        format="vstream: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
+    try:
+        return run_async(lambda: handler(args))
+    except KeyboardInterrupt:
+        return report(KeyboardInterrupt())
+    except Exception as exc:
+        return report(exc)
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,55 @@
+"""``vstream chart``: draw one instrument's bars and signals to a file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from ..chart import CANDLE_LIMIT, MARKER_COLORS, render, write_chart
+from ..errors import ConfigError
+from ..instruments import VaultPaths
+from ..query import parse_time, read_bars
+from ..settings import TIMEFRAMES
+from .common import add_vault_option, vault_of
+
+
+def register_chart(sub: Any) -> None:
+    """``vstream chart``: draw one instrument's bars and signals to a file."""
+    p = sub.add_parser("chart", help="draw price, volume by tier and signals to an .svg/.html/.png file")
+    p.add_argument("--instId", dest="inst_id", required=True, metavar="ID", help="instrument")
+    add_vault_option(p)
+    p.add_argument("--timeframe", choices=list(TIMEFRAMES), default="1m", help="which bars (1m)")
+    p.add_argument("--since", metavar="ISO", help="from this time (ISO, or 6h/2d back)")
+    p.add_argument("--until", metavar="ISO", help="before this time")
+    p.add_argument("--last", type=int, metavar="N", help=f"the last N bars of the range (default {CANDLE_LIMIT // 2} without --since)")
+    p.add_argument("--style", choices=["auto", "candles", "line"], default="auto",
+                   help=f"price as candles or a close line (auto: candles up to {CANDLE_LIMIT} bars)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write (.svg, .html or .png)")
+
+    async def handler(args: Any) -> int:
+        return await asyncio.to_thread(_chart, args)
+
+    p.set_defaults(handler=handler)
+
+
+def _chart(args: Any) -> int:
+    vault = vault_of(args)
+    paths = VaultPaths.of(vault, args.inst_id)
+    now = time.time()
+    since = parse_time(args.since, now) if args.since else None
+    until = parse_time(args.until, now) if args.until else None
+    last = args.last if args.last is not None else (None if since else CANDLE_LIMIT // 2)
+    if last is not None and last < 1:
+        raise ConfigError("--last must be >= 1")
+    found = (bar for bar, _ in read_bars(paths, args.timeframe, since, until))
+    bars = list(deque(found, maxlen=last)) if last is not None else list(found)
+    chart = render(bars, style=args.style)
+    target = write_chart(chart, args.output, title=f"{args.inst_id} {args.timeframe}")
+    kinds = {k: sum(m.kind == k for m in chart.markers) for k in MARKER_COLORS}
+    print(
+        f"{target}: {len(bars)} {args.timeframe} bars {bars[0].timestamp_utc} .. {bars[-1].timestamp_utc}, "
+        f"{chart.style}; markers: " + " ".join(f"{k}={n}" for k, n in kinds.items())
+    )
+    return 0

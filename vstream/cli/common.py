@@ -1,0 +1,147 @@
+"""What every command shares: the argument parser class, the vault and settings options,
+the summary line, the checkpoint interval, error reporting and the event-loop runner.
+
+Command modules (``replay``, ``live``, ...) import from here; nothing here imports a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from ..assembler import Counters
+from ..errors import ConfigError, VStreamError
+from ..settings import TIMEFRAMES, Settings, load_config, make_settings
+
+T = TypeVar("T")
+
+_THRESHOLDS: list[tuple[str, str, type, str]] = [
+    ("--whale-usd", "whale_usd", float, "notional of a whale trade in USD (100000)"),
+    ("--median-window", "median_window", int, "bars in the rolling median (100)"),
+    ("--min-history", "min_history", int, "bars needed before tiers are given (20)"),
+    ("--absorption-volume-ratio", "absorption_volume_ratio", float, "volume ratio above which a flat bar is absorption (2.0)"),
+    ("--absorption-max-price-pct", "absorption_max_price_pct", float, "price change %% below which a bar is flat (0.1)"),
+    ("--divergence-min-price-pct", "divergence_min_price_pct", float, "price change %% needed for divergence (0.1)"),
+    ("--divergence-min-delta-ratio", "divergence_min_delta_ratio", float, "|delta| / volume needed for divergence (0.1)"),
+    ("--grace", "grace", float, "seconds after a minute ends before live mode closes it (2)"),
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        # One line on stderr and exit 2, as for every usage or configuration error.
+        self.exit(2, f"vstream: {message} (see --help)\n")
+
+
+def _ct_val(text: str) -> tuple[str, float]:
+    inst, sep, value = text.partition("=")
+    if not sep or not inst:
+        raise argparse.ArgumentTypeError(f"expected INST=VALUE, got {text!r}")
+    try:
+        return inst, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ctVal for {inst} is not a number: {value!r}") from None
+
+
+def _timeframes(text: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    for tf in items:
+        if tf not in TIMEFRAMES:
+            raise argparse.ArgumentTypeError(f"unknown timeframe {tf!r}; choose from {','.join(TIMEFRAMES)}")
+    return items
+
+
+def add_vault_option(p: argparse.ArgumentParser) -> None:
+    """``--vault P``."""
+    p.add_argument("--vault", metavar="P", help="vault folder (default: $VSTREAM_VAULT, else ./Vault)")
+
+
+def add_settings_options(p: argparse.ArgumentParser) -> None:
+    """``--config``, ``--ct-val``, ``--timeframes`` and one flag per threshold."""
+    p.add_argument("--config", metavar="F", help="TOML file with settings (keys as in README)")
+    p.add_argument(
+        "--ct-val", metavar="INST=VALUE", type=_ct_val, action="append", default=[],
+        help="contract value override, repeatable",
+    )
+    p.add_argument("--timeframes", type=_timeframes, metavar="1m,5m,15m,1h", help="bar timeframes to write (1m)")
+    for flag, dest, kind, text in _THRESHOLDS:
+        p.add_argument(flag, dest=dest, type=kind, metavar="N", help=text)
+
+
+def vault_of(args: argparse.Namespace) -> Path:
+    """``--vault``, else ``$VSTREAM_VAULT``, else ``./Vault`` (SPEC §2)."""
+    value = args.vault or os.environ.get("VSTREAM_VAULT") or "Vault"
+    return Path(value)
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings of a command: defaults, then ``--config``, then the flags."""
+    base = load_config(args.config) if getattr(args, "config", None) else {}
+    overrides: dict[str, Any] = {dest: getattr(args, dest, None) for _, dest, _, _ in _THRESHOLDS}
+    overrides["ct_val"] = dict(args.ct_val) if getattr(args, "ct_val", None) else None
+    overrides["timeframes"] = getattr(args, "timeframes", None)
+    return make_settings(base, **overrides)
+
+
+def summary_line(inst_id: str, before: Counters, after: Counters, seconds: float) -> str:
+    """One line per instrument: this run's counts, time and rate."""
+    diff = {f: getattr(after, f) - getattr(before, f) for f in Counters.__struct_fields__}
+    rate = diff["trades"] / seconds if seconds > 0 else 0.0
+    fields = " ".join(f"{k}={v}" for k, v in diff.items())
+    return f"{inst_id} {fields} seconds={seconds:.2f} trades/s={rate:.0f}"
+
+
+def checkpoint_interval() -> float:
+    """Seconds between checkpoints: 5, or ``VSTREAM_CHECKPOINT_INTERVAL`` (undocumented in
+    ``--help``; the crash tests set it tiny so kills land between many checkpoints)."""
+    text = os.environ.get("VSTREAM_CHECKPOINT_INTERVAL", "")
+    if not text:
+        return 5.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"VSTREAM_CHECKPOINT_INTERVAL is not a number: {text!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"VSTREAM_CHECKPOINT_INTERVAL must be >= 0, got {text!r}")
+    return value
+
+
+def describe(exc: BaseException, inst_id: str | None = None) -> tuple[str, int]:
+    """The one-line message and exit code of a failure."""
+    if isinstance(exc, VStreamError):
+        message, code = str(exc), exc.exit_code
+    elif isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        message, code = "interrupted", 1
+    else:
+        message, code = f"unexpected {type(exc).__name__}: {exc}", 1
+    if inst_id and not message.startswith(inst_id):
+        message = f"{inst_id}: {message}"
+    return message, code
+
+
+def report(exc: BaseException, inst_id: str | None = None) -> int:
+    """Print a failure as one line on stderr; return its exit code."""
+    message, code = describe(exc, inst_id)
+    print(f"vstream: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on uvloop where it is installed (not on Windows), else on asyncio's loop."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if sys.platform != "win32":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())

@@ -1,0 +1,54 @@
+"""``vstream status``: per instrument last bar, lag, counters and health; exit 1 on a problem."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import msgspec
+
+from ..errors import ConfigError
+from ..query import STATUS_COLUMNS, format_table, parse_duration, status_row, vault_status
+from .common import add_vault_option, vault_of
+
+
+def register_status(sub: Any) -> None:
+    """``vstream status``: per instrument last bar, lag, counters and health; exit 1 on a problem."""
+    p = sub.add_parser("status", help="per instrument: last bar, lag, counters, health (exit 1 on a problem)")
+    add_vault_option(p)
+    p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID",
+                   help="only these instruments (default: all in the vault)")
+    p.add_argument("--max-lag", metavar="DURATION", type=parse_duration,
+                   help="a problem when the last 1m bar ended longer ago than this (e.g. 10m); off by default")
+    p.add_argument("--json", action="store_true", help="one JSON object per instrument")
+    p.add_argument("--no-remember", action="store_true",
+                   help="do not save the rejects count for the next status to compare with")
+
+    async def handler(args: Any) -> int:
+        return await asyncio.to_thread(_status, args)
+
+    p.set_defaults(handler=handler)
+
+
+def _status(args: Any) -> int:
+    vault = vault_of(args)
+    if not vault.is_dir():
+        raise ConfigError(f"vault {vault} does not exist")
+    result = vault_status(vault, args.inst_ids, max_lag=args.max_lag, remember=not args.no_remember)
+    out = sys.stdout
+    if args.json:
+        for st in result:
+            out.write(msgspec.json.encode(st.to_dict()).decode() + "\n")
+    else:
+        if not result:
+            out.write(f"no instruments in vault {vault}\n")
+        for text in format_table(STATUS_COLUMNS, [status_row(s) for s in result], right={2, 3, 4, 5, 6, 7, 8}):
+            out.write(text + "\n")
+        for st in result:
+            for problem in st.problems:
+                out.write(f"{st.instId}: PROBLEM: {problem}\n")
+            for note in st.notes:
+                out.write(f"{st.instId}: note: {note}\n")
+    out.flush()
+    return 0 if all(s.ok for s in result) else 1
