@@ -59,13 +59,75 @@ def test_final_processes_a_last_line_without_newline(vault, raw_dir, run_cli):
     assert "trades=1 " in run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")[1]
 
 
-def test_an_older_file_is_complete_even_without_a_final_newline(vault, raw_dir, run_cli):
+def test_a_torn_line_in_an_older_file_waits_for_its_newline(vault, raw_dir, run_cli):
+    """A recorder mid-write at midnight: the next day's file exists, the last line of the
+    previous day is not finished yet. Nothing of it may be lost or rejected (issue #11)."""
     raw = raw_dir(INST)
-    (raw / "2025-12-14.jsonl").write_bytes("\n".join(day_lines(DAY1, 3, 1)).encode())
+    full, last = day_lines(DAY2 - 60_000, 2, 1)  # two trades of the day's last minute
+    half = len(last) // 2
+    (raw / "2025-12-14.jsonl").write_bytes((full + "\n" + last[:half]).encode())
+    (raw / "2025-12-15.jsonl").write_bytes(b"")
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert status == 0, err
+    assert "trades=1 " in out and "rejects=0 " in out
+    with open(raw / "2025-12-14.jsonl", "ab") as handle:
+        handle.write((last[half:] + "\n").encode())
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "trades=1 " in out and "rejects=0 " in out
+    assert [(b["timestamp_utc"], b["trade_count"]) for b in bars(vault)] == [("2025-12-14T23:59:00Z", 2)]
+
+
+def test_later_files_wait_behind_a_torn_line(vault, raw_dir, run_cli, caplog):
+    """Reading the next day while the previous one is torn would put the torn trade after
+    them (late): replay stops at the torn line, says so, and goes on once it is whole."""
+    raw = raw_dir(INST)
+    lines = day_lines(DAY2 - 90_000, 3, 1)
+    data = "".join(line + "\n" for line in lines).encode()
+    (raw / "2025-12-14.jsonl").write_bytes(data[:-10])
     write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 2, 10))
     status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault))
     assert status == 0, err
-    assert "trades=5 " in out and "rejects=0 " in out
+    assert "trades=2 " in out and "rejects=0 " in out
+    assert "2025-12-14.jsonl ends in an unterminated line" in caplog.text
+    state = read_state(VaultPaths.of(vault, INST).state)
+    assert "2025-12-15" not in state.files or state.files["2025-12-15"].offset == 0
+    (raw / "2025-12-14.jsonl").write_bytes(data)
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "trades=3 " in out and "rejects=0 " in out and "late=0 " in out
+    assert [(b["timestamp_utc"][11:16], b["trade_count"]) for b in bars(vault)] == [
+        ("23:58", 1), ("23:59", 2), ("00:00", 2)
+    ]  # fmt: skip
+
+
+def test_final_processes_a_torn_line_in_an_older_file(vault, raw_dir, run_cli):
+    raw = raw_dir(INST)
+    lines = day_lines(DAY1, 3, 1)
+    (raw / "2025-12-14.jsonl").write_bytes(("\n".join(lines) + "\n" + lines[2][:30]).encode())
+    write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 2, 10))
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "trades=5 " in out and "rejects=1 " in out  # the input is declared complete
+
+
+def test_a_truncated_gz_archive_is_an_error_and_loses_nothing(vault, raw_dir, run_cli):
+    """An archive cut short (no end-of-stream marker) is an error; its torn end is never a
+    reject, nothing after it is read, and the complete archive later carries on."""
+    raw = raw_dir(INST)
+    lines = day_lines(DAY1, 400, 1)
+    blob = gzip.compress("".join(line + "\n" for line in lines).encode())
+    (raw / "2025-12-14.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 2, 1000))
+    for final in ([], ["--final"]):
+        status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), *final)
+        assert status == 1 and "2025-12-14.jsonl.gz" in err, err
+    assert not VaultPaths.of(vault, INST).rejects.exists() or not VaultPaths.of(vault, INST).rejects.read_bytes()
+    (raw / "2025-12-14.jsonl.gz").write_bytes(blob)
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "rejects=0 " in out and "late=0 " in out
+    assert sum(b["trade_count"] for b in bars(vault)) == 402
 
 
 def test_bom_and_mixed_line_endings(vault, raw_dir, run_cli):

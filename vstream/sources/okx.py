@@ -849,6 +849,17 @@ class OkxSource:
             yield Batch(inst.inst_id, [], position=self._position(inst), gap=True)
 
     def _prepare_append(self, inst: _Inst, files: list[tuple[str, Path]]) -> None:
+        unread = [
+            path for day, path in files
+            if not path.name.endswith(".gz") and path.stat().st_size > (inst.files[day].offset if day in inst.files else 0)
+        ]  # fmt: skip
+        if len(unread) > 1:
+            # Replay stopped at a torn line of an earlier file: the later files hold whole
+            # lines, not a killed recorder's torn write, and must never be cut.
+            raise SourceError(
+                f"{inst.inst_id}: cannot record: {unread[0]} ends in a torn line and later day files "
+                f"follow it; finish that line (or end it with a newline) and start again"
+            )
         for day, path in files:
             if path.name.endswith(".gz"):
                 continue

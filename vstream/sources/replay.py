@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import os
 import re
 import time
@@ -19,6 +20,8 @@ from ..instruments import VaultPaths
 from ..state import FilePos
 from ..trades import LineDecoder, Reject
 from . import Batch
+
+log = logging.getLogger("vstream")
 
 _DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
 _BOM = b"\xef\xbb\xbf"
@@ -95,10 +98,13 @@ def day_files(raw_dir: Path) -> list[tuple[str, Path]]:
 class ReplaySource:
     """Reads ``raw/okx/trades_*/{INSTID}/{DATE}.jsonl[.gz]`` in name order, in chunks.
 
-    Only lines whose newline has been written are consumed; a trailing partial line of the
-    newest file is left for the next run unless ``final`` says the input is complete (older
-    files and ``.gz`` archives are complete by definition). Each yielded :class:`Batch` carries
-    the position after it: a ``{date: FilePos}`` mapping.
+    Only lines whose newline has been written are consumed. A file whose last line has no
+    newline yet (a writer is mid-line, in any day's file) ends the run there: its later files
+    are read once that line is whole, so no trade is read out of order or taken for a reject.
+    ``final`` says the input is complete: such a line is then processed as it is. A ``.gz``
+    archive is a finished file (its last line counts as it is); a truncated archive is a
+    :class:`SourceError`. Each yielded :class:`Batch` carries the position after it: a
+    ``{date: FilePos}`` mapping.
     """
 
     live = False
@@ -124,6 +130,7 @@ class ReplaySource:
         self._files: dict[str, FilePos] = {}
         self._decoder = LineDecoder(inst_id)
         self._closed = False
+        self._torn = 0  # bytes of the unterminated last line the file just read ended with
 
     @property
     def inst_ids(self) -> tuple[str, ...]:
@@ -151,13 +158,22 @@ class ReplaySource:
                     f"{self.inst_id}: input file {pos.name} was consumed up to byte {pos.offset} "
                     f"but is gone; run again with --rebuild to start over"
                 )
-        newest = files[-1][0] if files else None
-        for day, path in files:
+        for index, (day, path) in enumerate(files):
             if self._closed:
                 return
-            complete = path.name.endswith(".gz") or day != newest or self.final
-            async for batch in self._read_file(day, path, complete):
+            self._torn = 0
+            async for batch in self._read_file(day, path, self.final or path.name.endswith(".gz")):
                 yield batch
+            if self._torn:
+                # Reading on would put the later files' trades before this line's: wait.
+                if index + 1 < len(files):
+                    log.warning(
+                        "%s: %s ends in an unterminated line (%d bytes); the later day files are "
+                        "read once its newline is written (if its writer is gone for good, "
+                        "append a newline to it: the line is then rejected)",
+                        self.inst_id, path.name, self._torn,
+                    )
+                return
         if self.final:
             yield Batch(self.inst_id, [], position=dict(self._files), end=True)
 
@@ -273,6 +289,7 @@ class ReplaySource:
                     skip_len += len(data)
                     skip_tail = (skip_tail + data[-_TAIL:])[-_TAIL:]
                     if eof:
+                        self._torn = skip_len
                         return
                     continue
                 start = len(data) if newline < 0 else newline + 1
@@ -290,6 +307,7 @@ class ReplaySource:
                         skip_len, skip_head, skip_tail = len(pending), pending[:4000], pending[-_TAIL:]
                         pending = b""
                     if eof:
+                        self._torn = skip_len or len(pending)
                         return
                     continue
                 start = len(data) if newline < 0 else newline + 1
