@@ -60,6 +60,7 @@ def test_bad_configuration_exits_2_with_one_line(vault, run_cli, tmp_path):
 
 
 def test_all_with_an_empty_vault_is_a_clear_error(vault, run_cli):
+    vault.mkdir()
     status, _, err = run_cli("replay", "--all", "--vault", str(vault))
     assert status == 2 and "no instruments" in err
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pytest
 from support import trade_line, write_lines
@@ -194,6 +195,70 @@ def test_constructor_validates_without_io(tmp_path):
         ReplaySource(tmp_path / "nowhere", INST, chunk_bytes=10)
     ReplaySource(tmp_path / "nowhere", INST)  # a missing vault is fine until it is read
     assert issubclass(SourceError, Exception)
+
+
+def test_a_missing_vault_is_an_error_and_creates_nothing(tmp_path, run_cli):
+    typo = tmp_path / "typo"
+    for extra in ([], ["--final"], ["--rebuild"]):
+        status, out, err = run_cli("replay", "--instId", INST, "--vault", str(typo), *extra)
+        assert status == 2 and out == "", (extra, out)
+        assert err == f"vstream: {INST}: vault {typo} does not exist\n", err
+    assert not typo.exists()
+    status, out, err = run_cli("replay", "--all", "--vault", str(typo))
+    assert status == 2 and err == f"vstream: vault {typo} does not exist\n", err
+    assert not typo.exists()
+
+
+def test_an_instrument_without_trade_files_is_an_error_naming_the_folder(vault, raw_dir, run_cli):
+    write_lines(raw_dir("ETH-USDT-SWAP") / "2025-12-14.jsonl", [])  # the vault exists
+    paths = VaultPaths.of(vault, INST)
+    for make_folder in (False, True):
+        if make_folder:
+            paths.raw_dir.mkdir(parents=True)
+            (paths.raw_dir / "notes.txt").write_text("not a day file")
+        for extra in ([], ["--rebuild"]):
+            status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), *extra)
+            assert status == 2 and out == "", (make_folder, extra)
+            assert str(paths.raw_dir) in err and len(err.splitlines()) == 1, err
+    assert not paths.state.exists() and not paths.derived_dir.exists() and not paths.state_dir.exists()
+    # and status does not list it as a healthy instrument
+    status, out, err = run_cli("status", "--vault", str(vault))
+    assert INST not in out
+
+
+def test_rebuild_without_input_keeps_what_was_built(vault, raw_dir, run_cli):
+    path = raw_dir(INST) / "2025-12-14.jsonl"
+    write_lines(path, day_lines(DAY1, 3, 1))
+    assert run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")[0] == 0
+    paths = VaultPaths.of(vault, INST)
+    before = (paths.output().read_bytes(), paths.state.read_bytes())
+    path.rename(path.with_name("2025-12-14.jsonl.bak"))  # moved away by mistake
+    status, _, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--rebuild")
+    assert status == 2 and str(paths.raw_dir) in err
+    assert (paths.output().read_bytes(), paths.state.read_bytes()) == before
+
+
+def test_all_skips_folders_without_trade_files(vault, raw_dir, run_cli):
+    write_lines(raw_dir(INST) / "2025-12-14.jsonl", day_lines(DAY1, 3, 1))
+    raw_dir("ETH-USDT-SWAP")  # a recorder made the folder; no day file yet
+    status, out, err = run_cli("replay", "--all", "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert out.startswith(f"{INST} trades=3 ") and len(out.splitlines()) == 1
+
+
+def test_iterating_a_source_without_input_raises(tmp_path):
+    import asyncio
+
+    async def first(source: ReplaySource) -> None:
+        async for _ in source:
+            pass
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        asyncio.run(first(ReplaySource(tmp_path / "nowhere", INST)))
+    (tmp_path / "v").mkdir()
+    folder = re.escape(str(VaultPaths.of(tmp_path / "v", INST).raw_dir))
+    with pytest.raises(ConfigError, match=f"no trade files in {folder} "):
+        asyncio.run(first(ReplaySource(tmp_path / "v", INST, final=True)))
 
 
 def test_all_discovers_instruments_and_runs_them(vault, raw_dir, run_cli):

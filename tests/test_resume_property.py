@@ -93,7 +93,10 @@ def place(vault: Path, first: bytes, second: bytes, upto: int, early: bool = Fal
 
 
 def replay(vault: Path, *extra: str) -> None:
-    assert main(["replay", "--instId", INST, "--vault", str(vault), *FLAGS, *extra]) == 0
+    has_input = any(VaultPaths.of(vault, INST).raw_dir.iterdir())
+    # No trade file at all is an error (exit 2) that leaves nothing behind.
+    assert main(["replay", "--instId", INST, "--vault", str(vault), *FLAGS, *extra]) == (0 if has_input else 2)
+    assert has_input or not VaultPaths.of(vault, INST).state.exists()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

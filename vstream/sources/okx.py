@@ -812,7 +812,7 @@ class OkxSource:
         assert self.record_vault is not None
         paths = VaultPaths.of(self.record_vault, inst.inst_id)
         inst.raw_dir = paths.raw_dir
-        replay = ReplaySource(self.record_vault, inst.inst_id, clock=self._clock)
+        replay = ReplaySource(self.record_vault, inst.inst_id, clock=self._clock, missing_ok=True)
         replay.resume({inst.inst_id: self._saved.get(inst.inst_id) or {}})
         newest_id: int | None = None
         newest_ts = 0

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import logging
 import os
-import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -16,14 +15,13 @@ from typing import Any, Protocol
 import msgspec
 
 from ..errors import ConfigError, RejectError, SourceError, StateError
-from ..instruments import VaultPaths
+from ..instruments import DAY_FILE, VaultPaths
 from ..state import FilePos
 from ..trades import LineDecoder, Reject
 from . import Batch
 
 log = logging.getLogger("vstream")
 
-_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
 _BOM = b"\xef\xbb\xbf"
 #: A longer line is rejected without being held in memory whole.
 MAX_LINE_BYTES = 4 << 20
@@ -83,7 +81,7 @@ def day_files(raw_dir: Path) -> list[tuple[str, Path]]:
         raise SourceError(f"cannot list {raw_dir}: {exc.strerror or exc}") from exc
     found: dict[str, Path] = {}
     for name in names:
-        match = _DAY_FILE.match(name)
+        match = DAY_FILE.match(name)
         if not match:
             continue
         day = match.group(1)
@@ -93,6 +91,21 @@ def day_files(raw_dir: Path) -> list[tuple[str, Path]]:
             )
         found[day] = raw_dir / name
     return sorted(found.items())
+
+
+def input_files(paths: VaultPaths) -> list[tuple[str, Path]]:
+    """The instrument's trade files (see :func:`day_files`); none at all is a :class:`ConfigError`.
+
+    The message names the vault when it does not exist, else the folder that was looked in:
+    a typo must not pass for an instrument with nothing to do.
+    """
+    files = day_files(paths.raw_dir)
+    if files:
+        return files
+    if not paths.vault.is_dir():
+        raise ConfigError(f"vault {paths.vault} does not exist")
+    what = "no such folder" if not paths.raw_dir.is_dir() else "no YYYY-MM-DD.jsonl or .jsonl.gz file in it"
+    raise ConfigError(f"{paths.inst_id}: no trade files in {paths.raw_dir} ({what})")
 
 
 class ReplaySource:
@@ -105,6 +118,10 @@ class ReplaySource:
     archive is a finished file (its last line counts as it is); a truncated archive is a
     :class:`SourceError`. Each yielded :class:`Batch` carries the position after it: a
     ``{date: FilePos}`` mapping.
+
+    An instrument with no trade files (or a vault that does not exist) is a
+    :class:`ConfigError`, raised by :meth:`check_input` and on iteration; ``missing_ok`` (for a
+    recorder that is about to create the first file) makes that an empty input instead.
     """
 
     live = False
@@ -118,6 +135,7 @@ class ReplaySource:
         strict: bool = False,
         chunk_bytes: int = 1 << 20,
         clock: Callable[[], float] = time.time,
+        missing_ok: bool = False,
     ) -> None:
         if chunk_bytes < 1024:
             raise ConfigError("chunk_bytes must be at least 1024")
@@ -127,6 +145,7 @@ class ReplaySource:
         self.strict = strict
         self.chunk_bytes = chunk_bytes
         self._clock = clock
+        self.missing_ok = missing_ok
         self._files: dict[str, FilePos] = {}
         self._decoder = LineDecoder(inst_id)
         self._closed = False
@@ -135,6 +154,18 @@ class ReplaySource:
     @property
     def inst_ids(self) -> tuple[str, ...]:
         return (self.inst_id,)
+
+    def check_input(self) -> None:
+        """Raise :class:`ConfigError` if there is nothing to read (blocking I/O).
+
+        The engine calls it before it locks or creates anything in the vault, so a mistyped
+        vault or instrument leaves no empty instrument behind.
+        """
+        if not self.missing_ok:
+            input_files(self.paths)
+
+    def _list(self) -> list[tuple[str, Path]]:
+        return day_files(self.paths.raw_dir) if self.missing_ok else input_files(self.paths)
 
     def resume(self, positions: Mapping[str, Any]) -> None:
         saved = positions.get(self.inst_id)
@@ -150,7 +181,7 @@ class ReplaySource:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Batch]:
-        files = await asyncio.to_thread(day_files, self.paths.raw_dir)
+        files = await asyncio.to_thread(self._list)
         present = {day for day, _ in files}
         for day, pos in self._files.items():
             if day not in present and pos.offset > 0:
