@@ -197,7 +197,7 @@ class ReplaySource:
                 yield batch
             if self._torn:
                 # Reading on would put the later files' trades before this line's: wait.
-                if index + 1 < len(files):
+                if await asyncio.to_thread(self._unread, files[index + 1 :]):
                     log.warning(
                         "%s: %s ends in an unterminated line (%d bytes); the later day files are "
                         "read once its newline is written (if its writer is gone for good, "
@@ -207,6 +207,20 @@ class ReplaySource:
                 return
         if self.final:
             yield Batch(self.inst_id, [], position=dict(self._files), end=True)
+
+    def _unread(self, files: list[tuple[str, Path]]) -> bool:
+        """Whether any of ``files`` holds bytes not yet consumed (they wait behind a torn line)."""
+        for day, path in files:
+            pos = self._files.get(day)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if path.name.endswith(".gz") and not (pos is not None and pos.complete):
+                return True
+            if not path.name.endswith(".gz") and size > (pos.offset if pos is not None else 0):
+                return True
+        return False
 
     def _changed(self, pos: FilePos, what: str) -> StateError:
         return StateError(
