@@ -60,8 +60,20 @@ def test_bad_configuration_exits_2_with_one_line(vault, run_cli, tmp_path):
 
 
 def test_all_with_an_empty_vault_is_a_clear_error(vault, run_cli):
+    vault.mkdir()
     status, _, err = run_cli("replay", "--all", "--vault", str(vault))
     assert status == 2 and "no instruments" in err
+
+
+def test_demo_never_writes_into_a_folder_that_holds_data(run_cli, vault, raw_dir):
+    precious = raw_dir(INST) / "2025-01-01.jsonl"
+    write_lines(precious, [trade_line(1, "100", "1", "buy", M0, INST)])
+    before = sorted(p for p in vault.rglob("*"))
+    status, out, err = run_cli("demo", "--vault", str(vault), "--hours", "0.5")
+    assert status == 2 and out == ""
+    assert err.startswith("vstream: ") and str(vault) in err and len(err.splitlines()) == 1, err
+    assert precious.read_text() == trade_line(1, "100", "1", "buy", M0, INST) + "\n"
+    assert sorted(p for p in vault.rglob("*")) == before
 
 
 def test_demo_generates_replays_and_summarises(run_cli, tmp_path):

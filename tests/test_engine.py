@@ -55,6 +55,19 @@ async def test_embedded_bars_equal_cli_output(sample, tmp_path):
     assert again == seen
 
 
+async def test_an_engine_on_a_source_without_input_raises_before_touching_the_vault(tmp_path):
+    vault = tmp_path / "v"
+    vault.mkdir()
+    with pytest.raises(ConfigError, match="no trade files in"):
+        async with Engine([ReplaySource(vault, INST, final=True)], vault=vault) as engine:
+            await engine.run()
+    assert list(vault.iterdir()) == []  # no state, lock or output folder left behind
+    with pytest.raises(ConfigError, match="does not exist"):
+        async with Engine([ReplaySource(tmp_path / "typo", INST)], vault=tmp_path / "typo") as engine:
+            await engine.run()
+    assert not (tmp_path / "typo").exists()
+
+
 async def test_cancelling_mid_run_checkpoints_and_next_run_completes_identically(sample, tmp_path):
     whole = copy_raw(sample, tmp_path / "whole")
     async with Engine([ReplaySource(whole, INST, final=True)], vault=whole) as engine:

@@ -114,7 +114,12 @@ def test_input_emptied(seeded: VaultPaths, vault: Path, run_cli: Run, day_bytes:
 
 def test_input_deleted(seeded: VaultPaths, vault: Path, run_cli: Run, day_bytes: bytes, reference: bytes) -> None:
     _day(seeded).unlink()
+    # No trade file left at all: the folder is named (a rebuild would have nothing to read).
+    _refused(run_cli, vault, "no trade files in", str(seeded.raw_dir))
+    other = seeded.raw_dir / "2025-01-02.jsonl"
+    other.write_bytes(b"")
     _refused(run_cli, vault, "--rebuild", "gone")
+    other.unlink()
     _rebuild_is_correct(run_cli, vault, seeded, day_bytes, reference)
 
 

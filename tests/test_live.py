@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from vstream import BarAssembler, Engine, Settings
+from vstream import BarAssembler, Engine, Settings, SourceError
 from vstream.cli import main
 from vstream.instruments import VaultPaths, resolve
 from vstream.sources.okx import Backoff, OkxSource
@@ -264,3 +264,29 @@ async def test_trade_late_by_the_wall_clock_replays_the_same(tmp_path: Path) -> 
     assert live_output == expected(first)  # minute 1 is still open
     # The late trade is in the raw file but in no bar, in live as in replay.
     await assert_replays_identically(vault, tmp_path, first + straggler + second, first + second)
+
+
+async def test_record_never_cuts_complete_lines_behind_a_torn_one(tmp_path: Path) -> None:
+    """Resuming a recording cuts a torn last line (a killed recorder's) off. Replay stops at a
+    torn line in any day file, so the lines of a later file are not yet consumed then: they
+    must never be taken for a torn line and cut (they would be lost for good)."""
+    vault = tmp_path / "Vault"
+    raw = VaultPaths.of(vault, BTC).raw_dir
+    raw.mkdir(parents=True)
+    t0 = 1_700_000_040_000  # 2023-11-14
+    day1, day2 = fills(1, 2, ts=t0), fills(3, 2, ts=t0 + 86_400_000)
+    first = json.dumps(day1[0]) + "\n" + json.dumps(day1[1])[:40]
+    later = "".join(json.dumps(t) + "\n" for t in day2)
+    (raw / "2023-11-14.jsonl").write_text(first)
+    (raw / "2023-11-15.jsonl").write_text(later)
+    async with FakeOkxServer() as srv:
+        source = OkxSource(
+            [BTC], ws_url=srv.ws_url, rest_url=srv.rest_url, record_vault=vault,
+            clock=Clock(t0 / 1000 + 2 * 86_400), backoff=Backoff(0.01, 0.05),
+        )
+        with pytest.raises(SourceError, match=r"2023-11-14\.jsonl ends in a torn line"):
+            async with Engine([source], settings=Settings(), vault=vault) as engine:
+                async with asyncio.timeout(10):
+                    await engine.run()
+    assert (raw / "2023-11-14.jsonl").read_text() == first
+    assert (raw / "2023-11-15.jsonl").read_text() == later

@@ -256,3 +256,14 @@ def test_never_replayed_instrument(copy: Path, run_cli: RunCli) -> None:
 def test_status_of_a_missing_vault(tmp_path: Path, run_cli: RunCli) -> None:
     status, _, err = run_cli("status", "--vault", str(tmp_path / "nowhere"))
     assert status == 2 and "does not exist" in err
+
+
+def test_status_flags_an_instrument_without_trade_files(copy: Path, run_cli: RunCli) -> None:
+    # A state with no input beside it (a vault mistyped by an older version, or raw files
+    # moved away): replay of it fails, so status must not call it healthy.
+    raw = VaultPaths.of(copy, ETH).raw_dir
+    shutil.move(raw, copy / "moved")
+    status, out, err = run_cli("status", "--vault", str(copy), "--no-remember")
+    assert status == 1, err
+    assert f"{ETH}: PROBLEM: no trade files in {raw}" in out
+    assert f"{BTC}: PROBLEM" not in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pytest
 from support import trade_line, write_lines
@@ -59,13 +60,76 @@ def test_final_processes_a_last_line_without_newline(vault, raw_dir, run_cli):
     assert "trades=1 " in run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")[1]
 
 
-def test_an_older_file_is_complete_even_without_a_final_newline(vault, raw_dir, run_cli):
+def test_a_torn_line_in_an_older_file_waits_for_its_newline(vault, raw_dir, run_cli, caplog):
+    """A recorder mid-write at midnight: the next day's file exists, the last line of the
+    previous day is not finished yet. Nothing of it may be lost or rejected (issue #11)."""
     raw = raw_dir(INST)
-    (raw / "2025-12-14.jsonl").write_bytes("\n".join(day_lines(DAY1, 3, 1)).encode())
+    full, last = day_lines(DAY2 - 60_000, 2, 1)  # two trades of the day's last minute
+    half = len(last) // 2
+    (raw / "2025-12-14.jsonl").write_bytes((full + "\n" + last[:half]).encode())
+    (raw / "2025-12-15.jsonl").write_bytes(b"")
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault))
+    assert status == 0, err
+    assert "trades=1 " in out and "rejects=0 " in out
+    assert "unterminated" not in caplog.text  # nothing waits behind it: no reason to warn
+    with open(raw / "2025-12-14.jsonl", "ab") as handle:
+        handle.write((last[half:] + "\n").encode())
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "trades=1 " in out and "rejects=0 " in out
+    assert [(b["timestamp_utc"], b["trade_count"]) for b in bars(vault)] == [("2025-12-14T23:59:00Z", 2)]
+
+
+def test_later_files_wait_behind_a_torn_line(vault, raw_dir, run_cli, caplog):
+    """Reading the next day while the previous one is torn would put the torn trade after
+    them (late): replay stops at the torn line, says so, and goes on once it is whole."""
+    raw = raw_dir(INST)
+    lines = day_lines(DAY2 - 90_000, 3, 1)
+    data = "".join(line + "\n" for line in lines).encode()
+    (raw / "2025-12-14.jsonl").write_bytes(data[:-10])
     write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 2, 10))
     status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault))
     assert status == 0, err
-    assert "trades=5 " in out and "rejects=0 " in out
+    assert "trades=2 " in out and "rejects=0 " in out
+    assert "2025-12-14.jsonl ends in an unterminated line" in caplog.text
+    state = read_state(VaultPaths.of(vault, INST).state)
+    assert "2025-12-15" not in state.files or state.files["2025-12-15"].offset == 0
+    (raw / "2025-12-14.jsonl").write_bytes(data)
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "trades=3 " in out and "rejects=0 " in out and "late=0 " in out
+    assert [(b["timestamp_utc"][11:16], b["trade_count"]) for b in bars(vault)] == [
+        ("23:58", 1), ("23:59", 2), ("00:00", 2)
+    ]  # fmt: skip
+
+
+def test_final_processes_a_torn_line_in_an_older_file(vault, raw_dir, run_cli):
+    raw = raw_dir(INST)
+    lines = day_lines(DAY1, 3, 1)
+    (raw / "2025-12-14.jsonl").write_bytes(("\n".join(lines) + "\n" + lines[2][:30]).encode())
+    write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 2, 10))
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "trades=5 " in out and "rejects=1 " in out  # the input is declared complete
+
+
+def test_a_truncated_gz_archive_is_an_error_and_loses_nothing(vault, raw_dir, run_cli):
+    """An archive cut short (no end-of-stream marker) is an error; its torn end is never a
+    reject, nothing after it is read, and the complete archive later carries on."""
+    raw = raw_dir(INST)
+    lines = day_lines(DAY1, 400, 1)
+    blob = gzip.compress("".join(line + "\n" for line in lines).encode())
+    (raw / "2025-12-14.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    write_lines(raw / "2025-12-15.jsonl", day_lines(DAY2, 2, 1000))
+    for final in ([], ["--final"]):
+        status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), *final)
+        assert status == 1 and "2025-12-14.jsonl.gz" in err, err
+    assert not VaultPaths.of(vault, INST).rejects.exists() or not VaultPaths.of(vault, INST).rejects.read_bytes()
+    (raw / "2025-12-14.jsonl.gz").write_bytes(blob)
+    status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert "rejects=0 " in out and "late=0 " in out
+    assert sum(b["trade_count"] for b in bars(vault)) == 402
 
 
 def test_bom_and_mixed_line_endings(vault, raw_dir, run_cli):
@@ -132,6 +196,70 @@ def test_constructor_validates_without_io(tmp_path):
         ReplaySource(tmp_path / "nowhere", INST, chunk_bytes=10)
     ReplaySource(tmp_path / "nowhere", INST)  # a missing vault is fine until it is read
     assert issubclass(SourceError, Exception)
+
+
+def test_a_missing_vault_is_an_error_and_creates_nothing(tmp_path, run_cli):
+    typo = tmp_path / "typo"
+    for extra in ([], ["--final"], ["--rebuild"]):
+        status, out, err = run_cli("replay", "--instId", INST, "--vault", str(typo), *extra)
+        assert status == 2 and out == "", (extra, out)
+        assert err == f"vstream: {INST}: vault {typo} does not exist\n", err
+    assert not typo.exists()
+    status, out, err = run_cli("replay", "--all", "--vault", str(typo))
+    assert status == 2 and err == f"vstream: vault {typo} does not exist\n", err
+    assert not typo.exists()
+
+
+def test_an_instrument_without_trade_files_is_an_error_naming_the_folder(vault, raw_dir, run_cli):
+    write_lines(raw_dir("ETH-USDT-SWAP") / "2025-12-14.jsonl", [])  # the vault exists
+    paths = VaultPaths.of(vault, INST)
+    for make_folder in (False, True):
+        if make_folder:
+            paths.raw_dir.mkdir(parents=True)
+            (paths.raw_dir / "notes.txt").write_text("not a day file")
+        for extra in ([], ["--rebuild"]):
+            status, out, err = run_cli("replay", "--instId", INST, "--vault", str(vault), *extra)
+            assert status == 2 and out == "", (make_folder, extra)
+            assert str(paths.raw_dir) in err and len(err.splitlines()) == 1, err
+    assert not paths.state.exists() and not paths.derived_dir.exists() and not paths.state_dir.exists()
+    # and status does not list it as a healthy instrument
+    status, out, err = run_cli("status", "--vault", str(vault))
+    assert INST not in out
+
+
+def test_rebuild_without_input_keeps_what_was_built(vault, raw_dir, run_cli):
+    path = raw_dir(INST) / "2025-12-14.jsonl"
+    write_lines(path, day_lines(DAY1, 3, 1))
+    assert run_cli("replay", "--instId", INST, "--vault", str(vault), "--final")[0] == 0
+    paths = VaultPaths.of(vault, INST)
+    before = (paths.output().read_bytes(), paths.state.read_bytes())
+    path.rename(path.with_name("2025-12-14.jsonl.bak"))  # moved away by mistake
+    status, _, err = run_cli("replay", "--instId", INST, "--vault", str(vault), "--rebuild")
+    assert status == 2 and str(paths.raw_dir) in err
+    assert (paths.output().read_bytes(), paths.state.read_bytes()) == before
+
+
+def test_all_skips_folders_without_trade_files(vault, raw_dir, run_cli):
+    write_lines(raw_dir(INST) / "2025-12-14.jsonl", day_lines(DAY1, 3, 1))
+    raw_dir("ETH-USDT-SWAP")  # a recorder made the folder; no day file yet
+    status, out, err = run_cli("replay", "--all", "--vault", str(vault), "--final")
+    assert status == 0, err
+    assert out.startswith(f"{INST} trades=3 ") and len(out.splitlines()) == 1
+
+
+def test_iterating_a_source_without_input_raises(tmp_path):
+    import asyncio
+
+    async def first(source: ReplaySource) -> None:
+        async for _ in source:
+            pass
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        asyncio.run(first(ReplaySource(tmp_path / "nowhere", INST)))
+    (tmp_path / "v").mkdir()
+    folder = re.escape(str(VaultPaths.of(tmp_path / "v", INST).raw_dir))
+    with pytest.raises(ConfigError, match=f"no trade files in {folder} "):
+        asyncio.run(first(ReplaySource(tmp_path / "v", INST, final=True)))
 
 
 def test_all_discovers_instruments_and_runs_them(vault, raw_dir, run_cli):

@@ -80,22 +80,28 @@ def files_of(vault: Path) -> dict[str, bytes]:
     return out
 
 
-def place(vault: Path, first: bytes, second: bytes, upto: int) -> None:
+def place(vault: Path, first: bytes, second: bytes, upto: int, early: bool = False) -> None:
+    """The input as it stands after ``upto`` bytes were written. With ``early`` the writer
+    opens the next day's file before it has finished the last line of the first day (a
+    recorder mid-write at midnight)."""
     raw = VaultPaths.of(vault, INST).raw_dir
     raw.mkdir(parents=True, exist_ok=True)
     if upto > 0 or first:
         (raw / "2025-12-15.jsonl").write_bytes(first[: max(0, upto)])
-    if upto > len(first):
-        (raw / "2025-12-16.jsonl").write_bytes(second[: upto - len(first)])
+    if upto > len(first) or (early and upto > 0):
+        (raw / "2025-12-16.jsonl").write_bytes(second[: max(0, upto - len(first))])
 
 
 def replay(vault: Path, *extra: str) -> None:
-    assert main(["replay", "--instId", INST, "--vault", str(vault), *FLAGS, *extra]) == 0
+    has_input = any(VaultPaths.of(vault, INST).raw_dir.iterdir())
+    # No trade file at all is an error (exit 2) that leaves nothing behind.
+    assert main(["replay", "--instId", INST, "--vault", str(vault), *FLAGS, *extra]) == (0 if has_input else 2)
+    assert has_input or not VaultPaths.of(vault, INST).state.exists()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=inputs(), cuts=st.lists(st.floats(0, 1), max_size=6))
-def test_runs_cut_anywhere_equal_one_final_run(tmp_path_factory, data, cuts):
+@given(data=inputs(), cuts=st.lists(st.floats(0, 1), max_size=6), early=st.booleans())
+def test_runs_cut_anywhere_equal_one_final_run(tmp_path_factory, data, cuts, early):
     first, second, _ = data
     base = tmp_path_factory.mktemp("resume")
     whole, pieces = base / "whole", base / "pieces"
@@ -104,9 +110,9 @@ def test_runs_cut_anywhere_equal_one_final_run(tmp_path_factory, data, cuts):
     replay(whole, "--final")
     expected = files_of(whole)
     for cut in sorted(int(c * total) for c in cuts):
-        place(pieces, first, second, cut)
+        place(pieces, first, second, cut, early)
         replay(pieces)
-    place(pieces, first, second, total)
+    place(pieces, first, second, total, early)
     replay(pieces, "--final")
     assert files_of(pieces) == expected
     # A further --final run over the unchanged input changes nothing.

@@ -301,6 +301,12 @@ class Engine:
             return
         self._opened = True
         try:
+            # Before anything is locked or created: a source with nothing to read (a typo in
+            # a vault or instrument) must not leave an empty instrument behind in the vault.
+            for source in self.sources:
+                check = getattr(source, "check_input", None)
+                if check is not None:
+                    await asyncio.to_thread(check)
             await asyncio.to_thread(self._open_pipes)
         except BaseException:
             self._release()

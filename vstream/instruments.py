@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ _LINEAR_SETTLE = ("USDT", "USDC")
 _SWAP = re.compile(r"^[A-Z0-9]+-[A-Z0-9]+-SWAP$")
 _FUTURE = re.compile(r"^[A-Z0-9]+-[A-Z0-9]+-\d{6}$")
 _SPOT = re.compile(r"^[A-Z0-9]+-[A-Z0-9]+$")
+#: The name of an input trade file: ``{DATE}.jsonl`` or an archived ``{DATE}.jsonl.gz``.
+DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
 
 
 class Kind(enum.Enum):
@@ -205,17 +208,30 @@ class VaultPaths:
 
 
 def discover(vault: Path | str) -> list[str]:
-    """Instrument ids that have a raw trade folder in the vault, sorted."""
-    base = Path(vault) / "raw" / "okx"
+    """Instrument ids with at least one trade file in the vault, sorted.
+
+    A folder without day files yet (a recorder just made it) is not listed. A vault that does
+    not exist is a :class:`ConfigError`, as it is for every command.
+    """
+    vault = Path(vault)
+    if not vault.is_dir():
+        raise ConfigError(f"vault {vault} does not exist")
+    base = vault / "raw" / "okx"
     found: set[str] = set()
     for kind in Kind:
         folder = base / f"trades_{kind.folder}"
         if folder.is_dir():
             for child in folder.iterdir():
-                if child.is_dir():
-                    try:
-                        if kind_of(child.name) is kind:
-                            found.add(child.name)
-                    except ConfigError:
+                if not child.is_dir():
+                    continue
+                try:
+                    if kind_of(child.name) is not kind:
                         continue
+                    names = os.listdir(child)
+                except ConfigError:
+                    continue
+                except OSError as exc:
+                    raise ConfigError(f"cannot list {child}: {exc.strerror or exc}") from exc
+                if any(DAY_FILE.match(name) for name in names):
+                    found.add(child.name)
     return sorted(found)

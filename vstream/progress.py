@@ -170,6 +170,11 @@ class ProgressSource:
     def live(self) -> bool:
         return bool(getattr(self._source, "live", False))
 
+    def check_input(self) -> None:
+        check = getattr(self._source, "check_input", None)
+        if check is not None:
+            check()
+
     def resume(self, positions: Mapping[str, Any]) -> None:
         self._source.resume(positions)
         raw_dir = self._source.paths.raw_dir

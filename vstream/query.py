@@ -407,6 +407,8 @@ def instrument_status(
     elif max_lag is not None:
         status.problems.append("no bars yet (--max-lag is set)")
     try:
+        if not day_files(paths.raw_dir):
+            status.problems.append(f"no trade files in {paths.raw_dir} (replay of it fails)")
         status.backlog_bytes = _backlog(paths, state)
     except OSError as exc:
         status.problems.append(f"cannot list input files: {exc}")

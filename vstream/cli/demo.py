@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from ..assembler import Bar
+from ..errors import ConfigError
 from ..generate import generate_vault
 from ..instruments import VaultPaths
 from ..settings import Settings
@@ -62,9 +63,28 @@ def describe(inst_id: str, bars: list[Bar]) -> list[str]:
     return lines
 
 
+def _require_empty(folder: Path) -> None:
+    """The demo writes sample trades over day files: never into a folder holding anything."""
+    try:
+        empty = not any(folder.iterdir())
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        empty = False
+    except OSError as exc:
+        raise ConfigError(f"demo: cannot use {folder}: {exc.strerror or exc}") from exc
+    if not empty:
+        raise ConfigError(
+            f"demo: {folder} is not empty (it may hold a vault); give a new or empty folder, "
+            f"or leave out --vault for a temporary one"
+        )
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     """Generate, replay, summarise; print where the files are."""
     vault = Path(args.vault) if args.vault else Path(tempfile.mkdtemp(prefix="vstream-demo-"))
+    if args.vault:
+        await asyncio.to_thread(_require_empty, vault)
     report = await asyncio.to_thread(
         generate_vault, vault, instruments=DEMO_INSTRUMENTS, hours=args.hours, seed=args.seed
     )

@@ -7,7 +7,9 @@ A source is any object with:
   (``None`` when starting fresh);
 * ``__aiter__`` — yields :class:`Batch` objects;
 * ``snapshot()`` — the position after the last batch yielded, per instrument;
-* ``aclose()`` — releases what it holds; safe to call twice.
+* ``aclose()`` — releases what it holds; safe to call twice;
+* optionally ``check_input()`` — called (in a worker thread) by the engine before it locks or creates
+  anything; raises :class:`~vstream.errors.ConfigError` when the source has nothing to read.
 
 Constructors validate their arguments and do no I/O.
 """

@@ -812,7 +812,7 @@ class OkxSource:
         assert self.record_vault is not None
         paths = VaultPaths.of(self.record_vault, inst.inst_id)
         inst.raw_dir = paths.raw_dir
-        replay = ReplaySource(self.record_vault, inst.inst_id, clock=self._clock)
+        replay = ReplaySource(self.record_vault, inst.inst_id, clock=self._clock, missing_ok=True)
         replay.resume({inst.inst_id: self._saved.get(inst.inst_id) or {}})
         newest_id: int | None = None
         newest_ts = 0
@@ -849,6 +849,17 @@ class OkxSource:
             yield Batch(inst.inst_id, [], position=self._position(inst), gap=True)
 
     def _prepare_append(self, inst: _Inst, files: list[tuple[str, Path]]) -> None:
+        unread = [
+            path for day, path in files
+            if not path.name.endswith(".gz") and path.stat().st_size > (inst.files[day].offset if day in inst.files else 0)
+        ]  # fmt: skip
+        if len(unread) > 1:
+            # Replay stopped at a torn line of an earlier file: the later files hold whole
+            # lines, not a killed recorder's torn write, and must never be cut.
+            raise SourceError(
+                f"{inst.inst_id}: cannot record: {unread[0]} ends in a torn line and later day files "
+                f"follow it; finish that line (or end it with a newline) and start again"
+            )
         for day, path in files:
             if path.name.endswith(".gz"):
                 continue

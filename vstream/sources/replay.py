@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import os
-import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -15,12 +15,13 @@ from typing import Any, Protocol
 import msgspec
 
 from ..errors import ConfigError, RejectError, SourceError, StateError
-from ..instruments import VaultPaths
+from ..instruments import DAY_FILE, VaultPaths
 from ..state import FilePos
 from ..trades import LineDecoder, Reject
 from . import Batch
 
-_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
+log = logging.getLogger("vstream")
+
 _BOM = b"\xef\xbb\xbf"
 #: A longer line is rejected without being held in memory whole.
 MAX_LINE_BYTES = 4 << 20
@@ -80,7 +81,7 @@ def day_files(raw_dir: Path) -> list[tuple[str, Path]]:
         raise SourceError(f"cannot list {raw_dir}: {exc.strerror or exc}") from exc
     found: dict[str, Path] = {}
     for name in names:
-        match = _DAY_FILE.match(name)
+        match = DAY_FILE.match(name)
         if not match:
             continue
         day = match.group(1)
@@ -92,13 +93,35 @@ def day_files(raw_dir: Path) -> list[tuple[str, Path]]:
     return sorted(found.items())
 
 
+def input_files(paths: VaultPaths) -> list[tuple[str, Path]]:
+    """The instrument's trade files (see :func:`day_files`); none at all is a :class:`ConfigError`.
+
+    The message names the vault when it does not exist, else the folder that was looked in:
+    a typo must not pass for an instrument with nothing to do.
+    """
+    files = day_files(paths.raw_dir)
+    if files:
+        return files
+    if not paths.vault.is_dir():
+        raise ConfigError(f"vault {paths.vault} does not exist")
+    what = "no such folder" if not paths.raw_dir.is_dir() else "no YYYY-MM-DD.jsonl or .jsonl.gz file in it"
+    raise ConfigError(f"{paths.inst_id}: no trade files in {paths.raw_dir} ({what})")
+
+
 class ReplaySource:
     """Reads ``raw/okx/trades_*/{INSTID}/{DATE}.jsonl[.gz]`` in name order, in chunks.
 
-    Only lines whose newline has been written are consumed; a trailing partial line of the
-    newest file is left for the next run unless ``final`` says the input is complete (older
-    files and ``.gz`` archives are complete by definition). Each yielded :class:`Batch` carries
-    the position after it: a ``{date: FilePos}`` mapping.
+    Only lines whose newline has been written are consumed. A file whose last line has no
+    newline yet (a writer is mid-line, in any day's file) ends the run there: its later files
+    are read once that line is whole, so no trade is read out of order or taken for a reject.
+    ``final`` says the input is complete: such a line is then processed as it is. A ``.gz``
+    archive is a finished file (its last line counts as it is); a truncated archive is a
+    :class:`SourceError`. Each yielded :class:`Batch` carries the position after it: a
+    ``{date: FilePos}`` mapping.
+
+    An instrument with no trade files (or a vault that does not exist) is a
+    :class:`ConfigError`, raised by :meth:`check_input` and on iteration; ``missing_ok`` (for a
+    recorder that is about to create the first file) makes that an empty input instead.
     """
 
     live = False
@@ -112,6 +135,7 @@ class ReplaySource:
         strict: bool = False,
         chunk_bytes: int = 1 << 20,
         clock: Callable[[], float] = time.time,
+        missing_ok: bool = False,
     ) -> None:
         if chunk_bytes < 1024:
             raise ConfigError("chunk_bytes must be at least 1024")
@@ -121,13 +145,27 @@ class ReplaySource:
         self.strict = strict
         self.chunk_bytes = chunk_bytes
         self._clock = clock
+        self.missing_ok = missing_ok
         self._files: dict[str, FilePos] = {}
         self._decoder = LineDecoder(inst_id)
         self._closed = False
+        self._torn = 0  # bytes of the unterminated last line the file just read ended with
 
     @property
     def inst_ids(self) -> tuple[str, ...]:
         return (self.inst_id,)
+
+    def check_input(self) -> None:
+        """Raise :class:`ConfigError` if there is nothing to read (blocking I/O).
+
+        The engine calls it before it locks or creates anything in the vault, so a mistyped
+        vault or instrument leaves no empty instrument behind.
+        """
+        if not self.missing_ok:
+            input_files(self.paths)
+
+    def _list(self) -> list[tuple[str, Path]]:
+        return day_files(self.paths.raw_dir) if self.missing_ok else input_files(self.paths)
 
     def resume(self, positions: Mapping[str, Any]) -> None:
         saved = positions.get(self.inst_id)
@@ -143,7 +181,7 @@ class ReplaySource:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Batch]:
-        files = await asyncio.to_thread(day_files, self.paths.raw_dir)
+        files = await asyncio.to_thread(self._list)
         present = {day for day, _ in files}
         for day, pos in self._files.items():
             if day not in present and pos.offset > 0:
@@ -151,15 +189,38 @@ class ReplaySource:
                     f"{self.inst_id}: input file {pos.name} was consumed up to byte {pos.offset} "
                     f"but is gone; run again with --rebuild to start over"
                 )
-        newest = files[-1][0] if files else None
-        for day, path in files:
+        for index, (day, path) in enumerate(files):
             if self._closed:
                 return
-            complete = path.name.endswith(".gz") or day != newest or self.final
-            async for batch in self._read_file(day, path, complete):
+            self._torn = 0
+            async for batch in self._read_file(day, path, self.final or path.name.endswith(".gz")):
                 yield batch
+            if self._torn:
+                # Reading on would put the later files' trades before this line's: wait.
+                if await asyncio.to_thread(self._unread, files[index + 1 :]):
+                    log.warning(
+                        "%s: %s ends in an unterminated line (%d bytes); the later day files are "
+                        "read once its newline is written (if its writer is gone for good, "
+                        "append a newline to it: the line is then rejected)",
+                        self.inst_id, path.name, self._torn,
+                    )
+                return
         if self.final:
             yield Batch(self.inst_id, [], position=dict(self._files), end=True)
+
+    def _unread(self, files: list[tuple[str, Path]]) -> bool:
+        """Whether any of ``files`` holds bytes not yet consumed (they wait behind a torn line)."""
+        for day, path in files:
+            pos = self._files.get(day)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if path.name.endswith(".gz") and not (pos is not None and pos.complete):
+                return True
+            if not path.name.endswith(".gz") and size > (pos.offset if pos is not None else 0):
+                return True
+        return False
 
     def _changed(self, pos: FilePos, what: str) -> StateError:
         return StateError(
@@ -273,6 +334,7 @@ class ReplaySource:
                     skip_len += len(data)
                     skip_tail = (skip_tail + data[-_TAIL:])[-_TAIL:]
                     if eof:
+                        self._torn = skip_len
                         return
                     continue
                 start = len(data) if newline < 0 else newline + 1
@@ -290,6 +352,7 @@ class ReplaySource:
                         skip_len, skip_head, skip_tail = len(pending), pending[:4000], pending[-_TAIL:]
                         pending = b""
                     if eof:
+                        self._torn = skip_len or len(pending)
                         return
                     continue
                 start = len(data) if newline < 0 else newline + 1
