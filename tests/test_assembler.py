@@ -72,12 +72,12 @@ def test_whale_threshold_is_inclusive_and_settable():
 def test_whale_is_decided_on_the_exact_notional_not_the_rounded_one(first):
     # $99,999.9999996 rounds to exactly 100,000,000,000 micro-dollars but is not $100,000.
     lead = [] if first else [spot(1, "1", 1, ts=M0)]
-    near = one_bar(lead + [spot(2, "99999.9999996", 1, ts=M0 + 1)])
+    near = one_bar([*lead, spot(2, "99999.9999996", 1, ts=M0 + 1)])
     assert (near.whale_count, near.whale_volume) == (0, "0")
     assert near.total_volume == str(100_000 + (0 if first else 1))  # the volume still counts it
-    at = one_bar(lead + [spot(2, "100000", 1, ts=M0 + 1)])
+    at = one_bar([*lead, spot(2, "100000", 1, ts=M0 + 1)])
     assert (at.whale_count, at.whale_volume) == (1, "100000")
-    above = one_bar(lead + [spot(2, "100000.0000004", 1, ts=M0 + 1)])
+    above = one_bar([*lead, spot(2, "100000.0000004", 1, ts=M0 + 1)])
     assert (above.whale_count, above.whale_volume) == (1, "100000")
 
 
