@@ -335,3 +335,35 @@ def test_state_error_type_for_stale_import(vault: Path, tmp_path: Path, run_cli:
     earlier.write_bytes(csv_bytes(rows[:10]))
     with pytest.raises(StateError):
         import_archives(vault, [earlier])
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED], ids=["deflated", "stored"])
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, -1], ids=["10%", "50%", "90%", "all but a byte"])
+def test_a_truncated_zip_is_a_broken_archive(
+    vault: Path, tmp_path: Path, run_cli: Callable[..., tuple[int, str, str]], compression: int, keep: float
+) -> None:
+    whole = tmp_path / "whole.zip"
+    with zipfile.ZipFile(whole, "w", compression) as zf:
+        zf.writestr("MATIC-USDT-SWAP-trades-2023-08-21.csv", REAL_CSV.read_bytes())
+    data = whole.read_bytes()
+    cut = tmp_path / "MATIC-USDT-SWAP-trades-2023-08-21.zip"
+    cut.write_bytes(data[: int(len(data) * keep)] if keep > 0 else data[:-1])
+    status, out, err = run_cli("import-okx", str(cut), "--vault", str(vault))
+    assert status == 1 and out == ""
+    assert len(err.splitlines()) == 1 and cut.name in err and "truncated" in err, err
+    assert not VaultPaths.of(vault, MATIC).raw_dir.exists()  # nothing imported
+
+
+def test_a_zip_with_damaged_data_is_a_broken_archive(
+    vault: Path, tmp_path: Path, run_cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    archive = write_zip(tmp_path / "MATIC-USDT-SWAP-trades-2023-08-21.zip", REAL_CSV.read_bytes() * 20)
+    data = bytearray(archive.read_bytes())
+    start = 30 + len("MATIC-USDT-SWAP-trades-2023-08-21.csv")  # the local header, then the deflated data
+    for i in range(start + 40, start + 60):
+        data[i] ^= 0x5A
+    archive.write_bytes(bytes(data))
+    status, out, err = run_cli("import-okx", str(archive), "--vault", str(vault))
+    assert status == 1 and out == ""
+    assert len(err.splitlines()) == 1 and archive.name in err and "damaged" in err, err
+    assert not VaultPaths.of(vault, MATIC).raw_dir.exists()

@@ -68,6 +68,37 @@ def test_whale_threshold_is_inclusive_and_settable():
     assert custom.whale_count == 1
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["opens the minute", "later in the minute"])
+def test_whale_is_decided_on_the_exact_notional_not_the_rounded_one(first):
+    # $99,999.9999996 rounds to exactly 100,000,000,000 micro-dollars but is not $100,000.
+    lead = [] if first else [spot(1, "1", 1, ts=M0)]
+    near = one_bar([*lead, spot(2, "99999.9999996", 1, ts=M0 + 1)])
+    assert (near.whale_count, near.whale_volume) == (0, "0")
+    assert near.total_volume == str(100_000 + (0 if first else 1))  # the volume still counts it
+    at = one_bar([*lead, spot(2, "100000", 1, ts=M0 + 1)])
+    assert (at.whale_count, at.whale_volume) == (1, "100000")
+    above = one_bar([*lead, spot(2, "100000.0000004", 1, ts=M0 + 1)])
+    assert (above.whale_count, above.whale_volume) == (1, "100000")
+
+
+def test_exact_whale_rule_covers_contracts_and_the_setting_as_written():
+    # linear: 100 contracts × 0.01 × 99999.9999996 = 99999.9999996
+    assert one_bar([make_trade(1, "99999.9999996", 100, ts=M0)], instrument=LINEAR).whale_count == 0
+    assert one_bar([make_trade(1, "100000", 100, ts=M0)], instrument=LINEAR).whale_count == 1
+    # inverse: sz × ctVal, the price plays no part
+    assert one_bar([make_trade(1, "42000.5", 1000, inst_id="BTC-USD-SWAP", ts=M0)], instrument=INVERSE).whale_count == 1
+    assert one_bar([make_trade(1, "42000.5", 999, inst_id="BTC-USD-SWAP", ts=M0)], instrument=INVERSE).whale_count == 0
+    # a threshold with sub-micro-dollar digits is compared as written
+    odd = Settings(whale_usd=50_000.0000002)
+    assert one_bar([spot(1, "50000.0000002", 1)], settings=odd).whale_count == 1
+    assert one_bar([spot(1, "50000.0000001", 1)], settings=odd).whale_count == 0
+    # a large threshold, where a float's rounding is more than a micro-dollar
+    big = Settings(whale_usd=1e9)
+    assert one_bar([spot(1, "999999999.9999996", 1)], settings=big).whale_count == 0
+    assert one_bar([spot(1, "1000000000", 1)], settings=big).whale_count == 1
+    assert one_bar([spot(1, "999999999.999", 1)], settings=big).whale_count == 0
+
+
 @pytest.mark.parametrize(
     ("instrument", "px", "sz", "total"),
     [

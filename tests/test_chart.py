@@ -187,3 +187,25 @@ def test_write_chart_formats(tmp_path: Path) -> None:
     chart = render(synthetic())
     assert write_chart(chart, tmp_path / "a.svg").read_text() == chart.svg
     assert chart.svg in write_chart(chart, tmp_path / "a.html").read_text()
+
+
+
+def test_summary_and_legend_give_each_number_one_name(tmp_path: Path, run_cli: RunCli) -> None:
+    vault = tmp_path / "Vault"
+    generate_vault(vault, instruments=(BTC,), hours=3, seed=3)
+    assert run_cli("-q", "replay", "--all", "--vault", str(vault), "--final")[0] == 0
+    bars = [b for b, _ in read_bars(VaultPaths.of(vault, BTC))][-180:]  # what the chart shows
+    whale_bars, whale_trades = sum(b.whale_count > 0 for b in bars), sum(b.whale_count for b in bars)
+    assert whale_bars != whale_trades  # two numbers: neither may pass as plain "whale"
+    status, out, err = run_cli("chart", "--instId", BTC, "--vault", str(vault), "-o", str(tmp_path / "c.svg"))
+    assert status == 0, err
+    summary = {name: int(n) for name, n in re.findall(r"(\w+)=(\d+)", out)}
+    legend = {label: int(n) for label, n in re.findall(r">([a-z ]+) \((\d+)\)</text>", (tmp_path / "c.svg").read_text())}
+    expected = {
+        "absorption": sum(b.absorption for b in bars),
+        "bearish": sum(b.divergence_type == "bearish" for b in bars),
+        "bullish": sum(b.divergence_type == "bullish" for b in bars),
+    }
+    assert summary == {**expected, "whale_bars": whale_bars, "whale_trades": whale_trades}
+    assert legend == {"absorption": expected["absorption"], "bearish divergence": expected["bearish"],
+                      "bullish divergence": expected["bullish"], "whale trades": whale_trades}  # fmt: skip

@@ -21,19 +21,21 @@ from pathlib import Path
 
 import pytest
 
+from vstream.errors import StateError
 from vstream.generate import generate_vault
 from vstream.instruments import VaultPaths
+from vstream.state import read_state
 
 INSTS = ("BTC-USDT-SWAP", "ETH-USDT-SWAP")
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 22
 
 
-def _replay(vault: Path, *extra: str, interval: str = "0.02") -> subprocess.Popen[bytes]:
+def _replay(vault: Path, *extra: str, interval: str = "0.02", session: bool = False) -> subprocess.Popen[bytes]:
     env = {**os.environ, "VSTREAM_CHECKPOINT_INTERVAL": interval, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-m", "vstream", "-q", "replay", "--all", "--vault", str(vault), *extra],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=session,
     )  # fmt: skip
 
 
@@ -123,3 +125,98 @@ def test_lock_of_a_killed_holder_is_released(tmp_path: Path) -> None:
     assert lock.exists()  # the file stays; the OS lock on it died with the process
     proc = _replay(tmp_path, "--final")
     assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (from /proc; zombies excluded)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _workers(pid: int) -> set[int]:
+    out = set()
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.add(child)
+    return out
+
+
+def _consumed(vault: Path, inst: str) -> int:
+    """Input bytes the instrument's state records as consumed (0 before its first checkpoint)."""
+    try:
+        state = read_state(VaultPaths.of(vault, inst).state)
+    except (OSError, StateError):
+        return 0
+    return sum(pos.offset for pos in state.files.values())
+
+
+@pytest.fixture(scope="module")
+def sixty_hours(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    """Raw trades that take each replay worker seconds, and what one clean run makes of them."""
+    source = tmp_path_factory.mktemp("sixty_hours")
+    generate_vault(source, instruments=INSTS, hours=60, seed=9)
+    clean = tmp_path_factory.mktemp("clean")
+    shutil.copytree(source / "raw", clean / "raw")
+    proc = _replay(clean, "--final", interval="5")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    return source, _files(clean)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("target", ["parent", "group"])
+def test_sigint_stops_the_workers_and_the_next_run_resumes(
+    tmp_path: Path, sixty_hours: tuple[Path, dict[str, bytes]], target: str
+) -> None:
+    # A scheduler or `kill -INT PID` signals the parent alone; a terminal's Ctrl-C the whole
+    # process group (then the workers must not be told twice).
+    source, expected = sixty_hours
+    vault = tmp_path / "interrupted"
+    shutil.copytree(source / "raw", vault / "raw")
+    proc = _replay(vault, interval="0.05", session=True)
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while proc.poll() is None and time.monotonic() < deadline:
+        workers |= _workers(proc.pid)
+        if len(workers) == 2 and all(_consumed(vault, inst) for inst in INSTS):
+            break  # both workers are replaying: each has checkpointed some progress
+        time.sleep(0.005)
+    assert proc.poll() is None and len(workers) == 2, "the workers did not get going"
+    if target == "parent":
+        os.kill(proc.pid, signal.SIGINT)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)  # its own session: the group is the run's alone
+    status = proc.wait(timeout=15)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    gone_by = time.monotonic() + 5
+    while any(_alive(w) for w in workers) and time.monotonic() < gone_by:
+        time.sleep(0.01)
+    assert not any(_alive(w) for w in workers), "a replay worker outlived its interrupted parent"
+    assert status == 1 and err.strip().endswith("interrupted"), err
+    # They stopped: neither caught up with its input (a full replay takes seconds here) ...
+    for inst in INSTS:
+        total = sum(f.stat().st_size for f in VaultPaths.of(vault, inst).raw_dir.iterdir())
+        assert 0 < _consumed(vault, inst) < total, inst
+    # ... and left states the next run resumes from, to the bytes of one clean run.
+    proc = _replay(vault, "--final")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    assert _files(vault) == expected

@@ -32,6 +32,53 @@ def test_replay_signals_bot_reports_t4_absorption(tmp_path):
     assert not (tmp_path / "v" / "derived").exists()  # the bot only reads the vault
 
 
+def _run(name: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args],
+        cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_replay_signals_bot_takes_a_ct_val_and_says_when_one_is_missing(tmp_path):
+    # MATIC-USDT-SWAP is in no built-in table: its contract value must be given.
+    raw = tmp_path / "v/raw/okx/trades_perps/MATIC-USDT-SWAP"
+    raw.mkdir(parents=True)
+    start = 1_692_547_260_000
+    lines = [
+        json.dumps({"instId": "MATIC-USDT-SWAP", "tradeId": str(100 + i), "px": f"0.{5500 + i}",
+                    "sz": "10", "side": "buy" if i % 2 else "sell", "ts": str(start + i * 7_000)})
+        for i in range(40)
+    ]  # fmt: skip
+    (raw / "2023-08-20.jsonl").write_text("\n".join(lines) + "\n")
+    missing = _run("replay_signals_bot.py", "--vault", str(tmp_path / "v"), "--instId", "MATIC-USDT-SWAP", cwd=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert len(missing.stderr.splitlines()) == 1 and "--ct-val MATIC-USDT-SWAP=VALUE" in missing.stderr
+    given = _run("replay_signals_bot.py", "--vault", str(tmp_path / "v"), "--instId", "MATIC-USDT-SWAP",
+                 "--ct-val", "MATIC-USDT-SWAP=10", cwd=tmp_path)  # fmt: skip
+    assert given.returncode == 0, given.stderr
+    assert given.stdout.splitlines()[-1] == "0 absorption alerts"  # 5 bars: still warming up
+    config = tmp_path / "vstream.toml"
+    config.write_text('[ct_val]\n"MATIC-USDT-SWAP" = 10\n')
+    configured = _run("replay_signals_bot.py", "--vault", str(tmp_path / "v"), "--instId", "MATIC-USDT-SWAP",
+                      "--config", str(config), cwd=tmp_path)  # fmt: skip
+    assert configured.returncode == 0 and configured.stdout == given.stdout, configured.stderr
+    assert not (tmp_path / "v" / "derived").exists()  # the bot only reads the vault
+
+
+def test_replay_signals_bot_without_a_vault_cleans_up_its_sample(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = _run("replay_signals_bot.py", cwd=tmp_path, env={"TMPDIR": str(scratch)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].endswith("absorption alerts")
+    assert list(scratch.iterdir()) == []
+    # an instrument the generator cannot make is a clear error, and leaves nothing either
+    odd = _run("replay_signals_bot.py", "--instId", "MATIC-USDT-SWAP", cwd=tmp_path, env={"TMPDIR": str(scratch)})
+    assert odd.returncode == 2 and "Traceback" not in odd.stderr and len(odd.stderr.splitlines()) == 1
+    assert list(scratch.iterdir()) == []
+
+
 def test_sqlite_sink_stores_every_bar_idempotently(tmp_path):
     from vstream.cli import main
 

@@ -102,6 +102,18 @@ def test_compiled_and_interpreted_kernels_agree(items, cuts, resume_at, inverse)
     assert installed == interpreted
 
 
+def test_both_kernels_decide_a_whale_near_the_threshold_on_its_exact_notional():
+    # 100 × 0.01 × px: the rounded micro-dollar notional of each is 100_000_000_000 ± 1.
+    near = ["99999.9999994", "99999.9999996", "100000", "100000.0000004", "99999.999999"]
+    items = [make_trade(i, px, 100, ts=M0 + i) for i, px in enumerate(near, start=1)]
+    installed = _run(LINEAR, items, [2], 0)
+    with mock.patch.multiple(vstream.assembler, fold=PURE.fold, MinuteRun=PURE.MinuteRun):
+        interpreted = _run(LINEAR, items, [2], 0)
+    assert installed == interpreted
+    bar = msgspec.json.decode(installed[0])[0]
+    assert (bar["whale_count"], bar["whale_volume"]) == (2, "200000")
+
+
 def test_a_rising_id_is_never_taken_for_a_duplicate_and_a_repeat_always_is():
     # The duplicate check consults a set only once ids stop rising; both ways must agree.
     for kernel in (vstream.kernel, PURE):

@@ -35,6 +35,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -237,15 +238,33 @@ def _open_file(path: Path) -> Iterator[IO[bytes]]:
         yield handle
 
 
+def _looks_zipped(path: Path) -> bool:
+    """Named ``.zip`` or starting as a zip does (a local file header, or an empty archive)."""
+    if path.suffix.lower() == ".zip":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc}") from exc
+
+
 def _members(path: Path) -> list[_Member]:
     if not path.exists():
         raise ConfigError(f"archive {path} does not exist")
-    if zipfile.is_zipfile(path):
+    if _looks_zipped(path):
+        # A zip's directory is at its end: without it (a download cut short) the bytes would
+        # otherwise be read as CSV, and a stored archive's rows would import cut off.
+        if not zipfile.is_zipfile(path):
+            raise SourceError(
+                f"archive {path.name} is broken: its zip directory is missing (truncated "
+                f"download?); nothing was imported from it"
+            )
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = [i for i in zf.infolist() if i.filename.lower().endswith(".csv")]
         except (zipfile.BadZipFile, OSError) as exc:
-            raise SourceError(f"cannot read archive {path}: {exc}") from exc
+            raise SourceError(f"archive {path.name} is broken: {exc}; nothing was imported from it") from exc
         if not infos:
             raise ConfigError(f"archive {path} holds no .csv file")
         return [
@@ -391,7 +410,11 @@ def _spool_archive(
                         f'"side":"{side}","ts":"{ts}"}}\n'
                     ).encode(),
                 )
-        except (OSError, EOFError, zipfile.BadZipFile, csv.Error) as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise SourceError(
+                f"archive {member.name} is damaged: {exc}; nothing was imported from it"
+            ) from exc
+        except (OSError, csv.Error) as exc:
             raise SourceError(f"cannot read archive {member.name}: {exc}") from exc
     for spool in spools.values():
         spool.finish()

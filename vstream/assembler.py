@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 
 import msgspec
@@ -175,6 +175,25 @@ def _ratio(text: str) -> tuple[int, int]:
         return int(whole + frac), 10 ** len(frac)
     f = Fraction(text)  # exponent forms: rare enough for the general parser
     return f.numerator, f.denominator
+
+
+def _exact_whale(instrument: Instrument, whale_usd: float) -> Callable[[float, str], bool]:
+    """Whether a trade's exact notional (``sz``, ``px`` and ctVal as written) is >= ``whale_usd``.
+
+    The fold asks only about trades whose micro-dollar notional is within rounding distance
+    of the threshold, so the rational arithmetic costs nothing on the way.
+    """
+    threshold = Fraction(repr(whale_usd))
+    ct = Fraction(repr(instrument.ct_val)) if instrument.ct_val is not None else Fraction(1)
+    linear = not instrument.inverse
+
+    def exact(sz: float, px: str) -> bool:
+        notional = Fraction(repr(sz)) * ct
+        if linear:
+            notional *= Fraction(*_ratio(px))
+        return notional >= threshold
+
+    return exact
 
 
 class _Series:
@@ -380,7 +399,12 @@ class BarAssembler:
             scale = instrument.ct_val * MICRO
         else:
             scale = (instrument.ct_val or 1.0) * MICRO
-        self._run = MinuteRun(scale, not instrument.inverse, round(settings.whale_usd * MICRO))
+        self._run = MinuteRun(
+            scale,
+            not instrument.inverse,
+            round(settings.whale_usd * MICRO),
+            _exact_whale(instrument, settings.whale_usd),
+        )
         if state is not None:
             self.restore(state)
 

@@ -78,6 +78,12 @@ class Chart:
     price_panel: tuple[float, float, float, float] = (0, 0, 0, 0)
     volume_panel: tuple[float, float, float, float] = (0, 0, 0, 0)
     bar_x: dict[str, float] = field(default_factory=dict)
+    #: What the chart shows, each number under one name (the legend's labels say the same).
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """``absorption=12 bearish=1 bullish=5 whale_bars=22 whale_trades=36``."""
+        return " ".join(f"{name}={n}" for name, n in self.counts.items())
 
 
 def _minute(stamp: str) -> int:
@@ -184,11 +190,12 @@ def render(
     end_text = bars[-1].timestamp_utc.replace("T", " ")[:16]
     heading = title or f"{bars[0].instId} · {tf} · {start_text} → {end_text} UTC · {len(bars)} bars"
     out.append(f'<text x="{left}" y="26" font-size="17" font-weight="bold" fill="{TEXT}">{escape(heading)}</text>')
-    counts = {
+    counts = chart.counts = {
         "absorption": sum(b.absorption for b in bars),
         "bearish": sum(b.divergence_type == "bearish" for b in bars),
         "bullish": sum(b.divergence_type == "bullish" for b in bars),
-        "whale": sum(b.whale_count for b in bars),
+        "whale_bars": sum(b.whale_count > 0 for b in bars),
+        "whale_trades": sum(b.whale_count for b in bars),
     }
     legend_x = left
     legend_y = 50.0
@@ -198,10 +205,12 @@ def render(
         out.append(f'<text x="{_fmt(legend_x + 16)}" y="{legend_y}" font-size="12" fill="{TEXT}">{label}</text>')
         legend_x += 26 + 7.5 * len(label)
     legend_x += 14
-    for kind, label in (("absorption", "absorption"), ("bearish", "bearish divergence"),
-                        ("bullish", "bullish divergence"), ("whale", "whale trades")):  # fmt: skip
+    for kind, label, count in (("absorption", "absorption", "absorption"),
+                               ("bearish", "bearish divergence", "bearish"),
+                               ("bullish", "bullish divergence", "bullish"),
+                               ("whale", "whale trades", "whale_trades")):  # fmt: skip
         out.append(_symbol(kind, legend_x + 6, legend_y - 4, 6.0))
-        text = f"{label} ({counts[kind]})"
+        text = f"{label} ({counts[count]})"
         out.append(f'<text x="{_fmt(legend_x + 16)}" y="{legend_y}" font-size="12" fill="{TEXT}">{text}</text>')
         legend_x += 30 + 6.8 * len(text)
 

@@ -98,10 +98,23 @@ class MinuteRun:
     and a rising id cannot be a duplicate.
     """
 
-    def __init__(self, scale: float, linear: bool, whale_at: int) -> None:
+    def __init__(
+        self,
+        scale: float,
+        linear: bool,
+        whale_at: int,
+        exact_whale: Callable[[float, str], bool] | None = None,
+    ) -> None:
         self.scale = scale
         self.linear = linear
         self.whale_at = whale_at
+        # A rounded notional this close to the threshold may be on either side of it: the
+        # exact notional decides (rounding to micro-dollars moves a notional by at most half
+        # of one, float arithmetic by a few parts in 1e16). Farther away the rounded one does.
+        self.exact_whale = exact_whale
+        near = 2 + whale_at // (1 << 40) if exact_whale is not None else 0
+        self.whale_lo = whale_at - near
+        self.whale_hi = whale_at + near
         self.prices: dict[str, float] = {}
         self.open = False
         self.lo_ms = 0
@@ -203,6 +216,11 @@ class MinuteRun:
                 top = tid
         self.top = top
 
+    def near_whale(self, amount: int, sz: float, px: str) -> bool:
+        """Whether a trade whose rounded notional ``amount`` is near the threshold is a whale."""
+        exact = self.exact_whale
+        return exact(sz, px) if exact is not None else amount >= self.whale_at
+
     def price(self, px: str) -> float:
         """``float(px)``, remembered: prices repeat, and a dict hit is cheaper than float()."""
         prices = self.prices
@@ -227,7 +245,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     floor_ms = run.floor_ms
     scale = run.scale
     linear = run.linear
-    whale_at = run.whale_at
+    whale_lo = run.whale_lo
+    whale_hi = run.whale_hi
     prices = run.prices
     buy = run.buy
     sell = run.sell
@@ -308,7 +327,7 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
                 buy = amount
             else:
                 sell = amount
-            if amount >= whale_at:
+            if amount >= whale_lo and (amount > whale_hi or run.near_whale(amount, sz, px)):
                 whale = amount
                 whales = 1
             count = 1
@@ -353,7 +372,7 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             buy += amount
         else:
             sell += amount
-        if amount >= whale_at:
+        if amount >= whale_lo and (amount > whale_hi or run.near_whale(amount, sz, px)):
             whale += amount
             whales += 1
         count += 1

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..chart import CANDLE_LIMIT, MARKER_COLORS, render, write_chart
+from ..chart import CANDLE_LIMIT, render, write_chart
 from ..errors import ConfigError
 from ..instruments import VaultPaths
 from ..query import parse_time, read_bars
@@ -47,9 +47,8 @@ def _chart(args: Any) -> int:
     bars = list(deque(found, maxlen=last)) if last is not None else list(found)
     chart = render(bars, style=args.style)
     target = write_chart(chart, args.output, title=f"{args.inst_id} {args.timeframe}")
-    kinds = {k: sum(m.kind == k for m in chart.markers) for k in MARKER_COLORS}
     print(
         f"{target}: {len(bars)} {args.timeframe} bars {bars[0].timestamp_utc} .. {bars[-1].timestamp_utc}, "
-        f"{chart.style}; markers: " + " ".join(f"{k}={n}" for k, n in kinds.items())
+        f"{chart.style}; {chart.summary()}"
     )
     return 0

@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -32,6 +33,8 @@ from .common import (
     summary_line,
     vault_of,
 )
+
+T = TypeVar("T")
 
 
 def register_replay(sub: argparse._SubParsersAction[Any]) -> None:
@@ -144,8 +147,11 @@ async def _replay_parallel(
             for i in inst_ids
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
+    except BaseException:
+        _stop_workers(pool)
+        raise
     finally:
-        # On Ctrl-C the workers got the signal too and are checkpointing: wait for them.
+        # Interrupted, the workers are checkpointing: wait for them.
         pool.shutdown(wait=True, cancel_futures=True)
         if queue is not None:
             queue.put(None)
@@ -186,6 +192,36 @@ def _relay_progress(queue: Any, progress: Progress) -> None:
             progress.advance(done, items)
 
 
+def _stop_workers(pool: Any) -> None:
+    """Ask each live replay worker to stop: it checkpoints and returns "interrupted".
+
+    Workers ignore SIGINT (see :func:`_worker_init`), so whether the interrupt went to this
+    process alone (``kill -INT``, a scheduler) or to a terminal's whole process group, each
+    worker is told exactly once, here, with SIGTERM.
+    """
+    if sys.platform == "win32":
+        return  # a console's Ctrl-C reaches every process attached to it
+    processes = getattr(pool, "_processes", None) or {}  # pid -> Process; None once shut down
+    for process in list(processes.values()):
+        with contextlib.suppress(OSError):
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+
+
+async def _until_sigterm(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main``; SIGTERM cancels it (the engine then flushes and checkpoints)."""
+    if sys.platform == "win32":
+        return await main()  # no signal handlers on Windows' event loop
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await main()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 _progress_queue: Any = None
 
 
@@ -198,6 +234,10 @@ def _worker_init(parent_pid: int, queue: Any = None) -> None:
     """
     global _progress_queue
     _progress_queue = queue
+    if sys.platform != "win32":
+        # The parent tells workers when to stop (SIGTERM, once): a terminal's Ctrl-C, sent to
+        # the whole process group, would otherwise reach them a second time.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -224,9 +264,11 @@ def _replay_worker(
     try:
         relay = _RelayProgress(_progress_queue) if _progress_queue is not None else None
         line = run_async(
-            lambda: replay_one(
-                Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
-                progress=relay,
+            lambda: _until_sigterm(
+                lambda: replay_one(
+                    Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
+                    progress=relay,
+                )
             )
         )
     except BaseException as exc:  # reported by the parent, like an in-process failure
