@@ -79,6 +79,31 @@ def test_replay_signals_bot_without_a_vault_cleans_up_its_sample(tmp_path):
     assert list(scratch.iterdir()) == []
 
 
+def test_sqlite_sink_without_a_vault_cleans_up_and_takes_a_ct_val(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    done = _run("sqlite_sink.py", "--db", str(tmp_path / "a.sqlite"), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("of them T4)") and list(scratch.iterdir()) == []
+    odd = _run("sqlite_sink.py", "--instId", "MATIC-USDT-SWAP", cwd=tmp_path, env=env)
+    assert odd.returncode == 2 and "Traceback" not in odd.stderr and len(odd.stderr.splitlines()) == 1
+    assert list(scratch.iterdir()) == []
+    raw = tmp_path / "v/raw/okx/trades_perps/MATIC-USDT-SWAP"
+    raw.mkdir(parents=True)
+    lines = [
+        json.dumps({"instId": "MATIC-USDT-SWAP", "tradeId": str(100 + i), "px": f"0.{5500 + i}",
+                    "sz": "10", "side": "sell", "ts": str(1_692_547_260_000 + i * 7_000)})
+        for i in range(40)
+    ]  # fmt: skip
+    (raw / "2023-08-20.jsonl").write_text("\n".join(lines) + "\n")
+    args = ("--vault", str(tmp_path / "v"), "--instId", "MATIC-USDT-SWAP", "--db", str(tmp_path / "m.sqlite"))
+    missing = _run("sqlite_sink.py", *args, cwd=tmp_path)
+    assert missing.returncode == 2 and "--ct-val MATIC-USDT-SWAP=VALUE" in missing.stderr
+    given = _run("sqlite_sink.py", *args, "--ct-val", "MATIC-USDT-SWAP=10", cwd=tmp_path)
+    assert given.returncode == 0 and given.stdout.startswith("5 bars"), given.stderr
+
+
 def test_sqlite_sink_stores_every_bar_idempotently(tmp_path):
     from vstream.cli import main
 
