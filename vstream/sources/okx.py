@@ -7,9 +7,9 @@ The source is three parts, each readable on its own:
   Trade-id frontier, gaps, held-back records, merging of filled fills and the wall-clock closes
   of minutes live there (see its docs), table-tested without sockets.
 * :mod:`vstream.sources.okx_recorder` — the ``--record`` raw-file writer.
-* this module — the thin asyncio shell: websocket connections, REST fills (:mod:`vstream.okx_rest`),
-  and the one loop that feeds the protocol in the order things happened and carries out its
-  answers.
+* this module — the thin asyncio shell: websocket connections, REST fills
+  (:mod:`vstream.okx_rest`), and the one loop that feeds the protocol in the order things
+  happened and carries out its answers.
 
 What the spec leaves open, decided here:
 
