@@ -96,7 +96,7 @@ _frame_decoder = msgspec.json.Decoder(_Frame)
 # --------------------------------------------------- what a frame asks of the connection
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per frame, and frozen init is slower
 class Push:
     """Trade records pushed for ``inst_id`` (the ``frame_no``-th push: the reject "line")."""
 
