@@ -1,6 +1,17 @@
 """The OKX websocket source: live trades, with keepalive, reconnects, gap filling and recording.
 
-Design (what the spec leaves open is decided here):
+The source is three parts, each readable on its own:
+
+* :mod:`vstream.sources.okx_protocol` — the core, without I/O: frames, fills, connections
+  coming and going and the wall-clock time in; batches, fills to run and lines to record out.
+  Trade-id frontier, gaps, held-back records, merging of filled fills and the wall-clock closes
+  of minutes live there (see its docs), table-tested without sockets.
+* :mod:`vstream.sources.okx_recorder` — the ``--record`` raw-file writer.
+* this module — the thin asyncio shell: websocket connections, REST fills
+  (:mod:`vstream.okx_rest`), and the one loop that feeds the protocol in the order things
+  happened and carries out its answers.
+
+What the spec leaves open, decided here:
 
 * **Connections.** One websocket carries many instruments; the instruments are split over
   several connections only when one subscribe request would pass OKX's 64 KB limit. Each
@@ -9,37 +20,17 @@ Design (what the spec leaves open is decided here):
   jittered exponential backoff, at most ``max_connects_per_second`` attempts per second over
   all connections. On the ``64008`` service-upgrade notice the replacement connection is opened
   and subscribed first, then the old one is closed.
-* **No lost trades.** Trade ids are consecutive per instrument; on the ``trades`` channel a
-  record covers ``tradeId - count + 1 .. tradeId``. Each instrument keeps a *frontier*: the
-  highest id delivered with nothing missing below it. A record that starts above
-  ``frontier + 1`` opens a gap; while the connection is down, and after every reconnect, the
-  instrument is treated as gapped up to "now". A gap is filled from
-  ``GET /api/v5/market/history-trades``; meanwhile later records of that instrument are *held
-  back* (not delivered) and its minutes are not closed on the wall clock, so a bar touched by
-  the gap is emitted only once the gap is filled: fill trades first, then the held ones, in id
-  order. Filled fills of the ``trades`` channel are merged the way OKX merges them (consecutive
-  ids, same side, price and time) so bars come out as an uninterrupted session would have them.
-  If a gap cannot be filled within ``gap_timeout`` seconds (or more than ``max_held`` records
-  wait), what is known is delivered and the minutes next to the hole are flagged
-  ``"gap": true``, with a warning in the log.
-* **Wall-clock closing in-band.** The source, not the engine's ticker, decides when a minute is
-  closed on the wall clock: it yields an empty batch with ``now_ms`` set ``grace`` after the
-  minute ends (never while the instrument is held). Closing is thus ordered with the trades, so
-  it can be reasoned about exactly — which makes ``--record`` reproducible (below). Hence
+* **One order.** Connections and fills post what they met to one bounded queue; only the
+  iteration feeds the protocol, so its state changes in the order events were queued. A fill
+  retries (with backoff) until it has every missing id or ``gap_timeout`` seconds (of the
+  event loop's monotonic clock) have passed, then reports what it has.
+* **Wall-clock closing in-band.** The protocol decides when a minute is closed on the wall
+  clock and the source yields an empty batch with ``now_ms`` at that point of the stream. Hence
   ``live = False``: the engine's own ticker must not race these closes.
-* **Recording** (``record_vault``). Every delivered trade is appended, as the flat OKX object it
-  arrived as, to ``raw/okx/trades_*/{INSTID}/{DATE}.jsonl`` and flushed *before* the batch
-  carrying it is yielded; :meth:`sync` (called by the engine before it commits the state)
-  fsyncs it. The position is the replay source's (``{day: FilePos}``), so ``replay`` continues
-  where live stopped and the other way round. A trade is written to the file of its UTC day,
-  except that the recorder never goes back to an older file than one it already wrote (such a
-  trade is late anyway), so a replay reads the lines in the order live saw them. A trade that
-  live finds late *only because its minute was closed on the wall clock* (replay would still
-  take it) is written wrapped as ``{"event":"vstream-late",...,"data":[trade]}``, which replay
-  skips: the replay of a recording then yields the very bars live yielded.
-* **Resume.** When recording, the raw files are first caught up from the saved position (the
-  lines another process, or a killed session, wrote after it) with the replay reader; a torn
-  last line (a recorder killed mid-write) is cut off. The newest recorded trade id then becomes
+* **Recording** (``record_vault``). The lines of a batch are appended and flushed before the
+  batch is yielded, and its position is the recorder's after them (see the recorder's docs).
+* **Resume.** When recording, the raw files are first caught up from the saved position with
+  the replay reader; a torn last line is cut off. The newest recorded trade id then becomes
   the frontier and the first connection fills what was missed while nothing ran (if it is not
   older than ``backfill_limit`` seconds; otherwise the open minute is flagged as a gap).
 """
@@ -52,11 +43,8 @@ import logging
 import os
 import random
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
-from io import BufferedWriter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -66,12 +54,27 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import WebSocketException
 
 from ..errors import ConfigError, SourceError, VStreamError
-from ..instruments import VaultPaths, kind_of
+from ..instruments import kind_of
 from ..okx_rest import DEFAULT_REST_URL, OkxRest
 from ..state import FilePos
-from ..trades import TRADE_CHANNELS, LineDecoder, Reject, Trade
+from ..trades import TRADE_CHANNELS
 from . import Batch
-from .replay import ReplaySource, day_files
+from .okx_protocol import (
+    CancelFill,
+    Emit,
+    ErrorFrame,
+    InstState,
+    OkxProtocol,
+    OkxStats,
+    Output,
+    Push,
+    StartFill,
+    Subscribed,
+    UpgradeNotice,
+    fill_complete,
+)
+from .okx_recorder import Recorder
+from .replay import ReplaySource
 
 log = logging.getLogger("vstream")
 
@@ -80,9 +83,6 @@ BUSINESS_WS_URL: Final = "wss://ws.okx.com:8443/ws/v5/business"
 CHANNELS: Final = TRADE_CHANNELS
 #: OKX refuses a subscribe request longer than this; stay clearly below it.
 MAX_SUBSCRIBE_BYTES: Final = 64 * 1024 - 512
-MINUTE_MS: Final = 60_000
-_TAIL: Final = 64
-_LATE_EVENT: Final = "vstream-late"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,54 +109,7 @@ class Backoff:
         return base * (1.0 - self.jitter * rng.random())
 
 
-@dataclass(slots=True)
-class OkxStats:
-    """What the source met (read at any time as ``source.stats``)."""
-
-    frames: int = 0
-    trades: int = 0
-    malformed: int = 0
-    connects: int = 0
-    reconnects: int = 0
-    pings: int = 0
-    notices: int = 0
-    duplicates: int = 0
-    gaps: int = 0
-    gaps_filled: int = 0
-    gaps_failed: int = 0
-    filled_trades: int = 0
-    recorded: int = 0
-    late_recorded: int = 0
-
-
-# ----------------------------------------------------------------------- wire shapes
-
-
-class _Arg(msgspec.Struct):
-    channel: str = ""
-    instId: str = ""
-
-
-class _Frame(msgspec.Struct):
-    event: str | None = None
-    code: str | int | None = None
-    msg: str = ""
-    arg: _Arg | None = None
-    data: list[msgspec.Raw] | None = None
-
-
-_frame_decoder = msgspec.json.Decoder(_Frame)
-
-
 # ------------------------------------------------------------------ internal events
-
-
-@dataclass(slots=True)
-class _TradesEv:
-    inst_id: str
-    raws: list[msgspec.Raw]
-    recv_ms: int
-    frame_no: int
 
 
 @dataclass(slots=True)
@@ -184,68 +137,11 @@ class _StopEv:
     pass
 
 
-_Event = _TradesEv | _LinkEv | _FillEv | _FatalEv | _StopEv
+_Event = Push | _LinkEv | _FillEv | _FatalEv | _StopEv
 
 
 class _Dead(Exception):
     """The connection is no longer usable (closed, silent, refused)."""
-
-
-# ------------------------------------------------------------------- per instrument
-
-
-@dataclass(slots=True)
-class _Rec:
-    """One delivered-or-held trade record with the exact JSON it arrived as."""
-
-    first: int
-    last: int
-    trade: Trade
-    raw: bytes
-
-
-@dataclass(slots=True)
-class _Gap:
-    lo: int  # highest id known delivered
-    hi: int | None  # highest missing id (None: up to now)
-    generation: int
-    opened: float  # loop time
-    task: asyncio.Task[None] | None = None
-
-
-@dataclass(slots=True)
-class _Inst:
-    inst_id: str
-    decoder: LineDecoder
-    frontier: int | None = None
-    down: bool = True
-    gap: _Gap | None = None
-    recheck: bool = False
-    held: list[_Rec] = field(default_factory=list)
-    mark_next: bool = False
-    # The engine's open minute as far as this session's deliveries and closes go.
-    shadow_open: int | None = None
-    shadow_closed: bool = False
-    # recording
-    files: dict[str, FilePos] = field(default_factory=dict)
-    tails: dict[str, bytes] = field(default_factory=dict)
-    handle: BufferedWriter | None = None
-    handle_day: str = ""
-    dirty: set[str] = field(default_factory=set)
-    rec_day: str = ""
-    raw_dir: Path | None = None
-
-    @property
-    def held_back(self) -> bool:
-        """Minutes must not be closed on the wall clock: trades may still be missing."""
-        return self.down or self.gap is not None
-
-
-_Item = _Rec | None  # None marks "flag the open minute as gapped here"
-
-
-def _utc_day(ts_ms: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts_ms // 1000))
 
 
 class OkxSource:
@@ -343,22 +239,32 @@ class OkxSource:
         self.max_held = max_held
         self.backfill_limit = backfill_limit
         self.stats = OkxStats()
+        self._protocol = OkxProtocol(
+            self._ids,
+            channel=channel,
+            grace_ms=self.grace_ms,
+            max_held=max_held,
+            gap_timeout=gap_timeout,
+            backfill_limit=backfill_limit,
+            record=self.record_vault is not None,
+            stats=self.stats,
+        )
+        self._recorder = (
+            Recorder(self.record_vault, self._ids) if self.record_vault is not None else None
+        )
         self._clock = clock
         self._rest = rest
         self._owns_rest = rest is None
         self._rng = random.Random(seed)
-        self._insts = {i: _Inst(i, LineDecoder(i)) for i in ids}
         self._saved: dict[str, dict[str, FilePos]] = {}
         self._groups = _split_groups(self._ids, channel)
         self._events: asyncio.Queue[_Event] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fills: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self._connect_times: list[float] = []
         self._connect_lock: asyncio.Lock | None = None
-        self._generation = 0
-        self._frame_no = 0
         self._stopping = False
         self._closed = False
-        self._new_dirs: set[Path] = set()
         self._conns: set[ClientConnection] = set()
 
     # -- Source protocol ----------------------------------------------------------------
@@ -366,6 +272,11 @@ class OkxSource:
     @property
     def inst_ids(self) -> tuple[str, ...]:
         return self._ids
+
+    @property
+    def _insts(self) -> dict[str, InstState]:
+        """Each instrument's stream state (gap, down, frontier ...), for tests and debugging."""
+        return self._protocol.instruments
 
     def resume(self, positions: Mapping[str, Any]) -> None:
         """Take the saved positions (``{day: FilePos}`` per instrument, as replay saves them)."""
@@ -377,9 +288,9 @@ class OkxSource:
                 }
 
     def snapshot(self) -> dict[str, Any]:
-        if self.record_vault is None:
+        if self._recorder is None:
             return {}
-        return {i: dict(s.files) for i, s in self._insts.items()}
+        return dict(self._recorder.snapshot())
 
     def __aiter__(self) -> AsyncIterator[Batch]:
         return self._iterate()
@@ -397,14 +308,8 @@ class OkxSource:
     async def sync(self) -> None:
         """Make the recorded raw lines durable (fsync); the engine calls this before it
         commits a state that points at them."""
-        for inst in self._insts.values():
-            handle = inst.handle
-            if handle is not None and inst.dirty:
-                inst.dirty.clear()
-                await asyncio.to_thread(os.fsync, handle.fileno())
-        dirs, self._new_dirs = self._new_dirs, set()
-        for folder in dirs:
-            await asyncio.to_thread(_fsync_dir, folder)
+        if self._recorder is not None:
+            await self._recorder.sync()
 
     async def aclose(self) -> None:
         """Stop connections and fill tasks, close the recorded files (idempotent)."""
@@ -418,15 +323,11 @@ class OkxSource:
         await asyncio.gather(*tasks, return_exceptions=True)
         for ws in list(self._conns):
             await self._close(ws)
-        for inst in self._insts.values():
-            for task in [inst.gap.task] if inst.gap is not None and inst.gap.task else []:
-                task.cancel()
-            if inst.handle is not None:
-                with contextlib.suppress(OSError):
-                    inst.handle.flush()
-                    os.fsync(inst.handle.fileno())
-                inst.handle.close()
-                inst.handle = None
+        for _, task in self._fills.values():
+            task.cancel()
+        self._fills.clear()
+        if self._recorder is not None:
+            self._recorder.close()
         if self._rest is not None and self._owns_rest:
             await self._rest.aclose()
 
@@ -435,6 +336,9 @@ class OkxSource:
 
     # -- the iteration ------------------------------------------------------------------
 
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
     async def _iterate(self) -> AsyncIterator[Batch]:
         self._events = asyncio.Queue(maxsize=4096)
         self._connect_lock = asyncio.Lock()
@@ -442,12 +346,13 @@ class OkxSource:
             self._rest = OkxRest(self.rest_url)
         if self._stopping:
             self._events.put_nowait(_StopEv())
-        if self.record_vault is not None:
+        if self._recorder is not None:
             for inst_id in self._ids:
-                async for batch in self._catch_up(self._insts[inst_id]):
+                async for batch in self._catch_up(inst_id, self._recorder):
                     yield batch
         for index, group in enumerate(self._groups):
             self._spawn(self._guard(self._run_group(group)), f"vstream-okx-ws-{index}")
+        protocol = self._protocol
         while True:
             timeout = self._next_tick_in()
             try:
@@ -460,15 +365,60 @@ class OkxSource:
             except TimeoutError:
                 event = None
             if isinstance(event, _StopEv) or self._stopping:
-                for batch in self._ticks():
+                for batch in self._carry_out(protocol.tick(self._now_ms())):
                     yield batch
                 return
             if isinstance(event, _FatalEv):
                 raise event.error
-            batches = self._handle(event) if event is not None else []
-            batches += self._ticks()
-            for batch in batches:
+            outputs = self._feed(event) if event is not None else []
+            outputs += protocol.tick(self._now_ms())
+            for batch in self._carry_out(outputs):
                 yield batch
+
+    def _feed(self, event: _Event) -> list[Output]:
+        """Hand one queued event to the protocol."""
+        protocol = self._protocol
+        if isinstance(event, Push):
+            return protocol.receive_push(event, self._now_ms())
+        if isinstance(event, _LinkEv):
+            if event.up:
+                return protocol.connection_opened(event.inst_ids)
+            return protocol.connection_lost(event.inst_ids)
+        if isinstance(event, _FillEv):
+            return protocol.receive_fill(
+                event.inst_id,
+                event.generation,
+                event.rows,
+                complete=event.complete,
+                now_ms=self._now_ms(),
+                error=event.error,
+            )
+        return []
+
+    def _carry_out(self, outputs: list[Output]) -> list[Batch]:
+        """Do what the protocol answered: start or cancel fills, record each batch's lines
+        (flushed) and give it the position after them. All of it before any batch is
+        yielded, as the answer was given at one instant."""
+        batches: list[Batch] = []
+        recorder = self._recorder
+        for out in outputs:
+            if isinstance(out, Emit):
+                if recorder is not None:
+                    if out.lines:
+                        recorder.write(out.batch.inst_id, out.lines)
+                        self.stats.recorded += len(out.lines)
+                    out.batch.position = recorder.position(out.batch.inst_id)
+                batches.append(out.batch)
+            elif isinstance(out, StartFill):
+                opened = asyncio.get_running_loop().time()
+                task = self._spawn(self._fill(out, opened), f"vstream-okx-fill-{out.inst_id}")
+                self._fills[out.inst_id] = (out.generation, task)
+            elif isinstance(out, CancelFill):
+                running = self._fills.get(out.inst_id)
+                if running is not None and running[0] == out.generation:
+                    del self._fills[out.inst_id]
+                    running[1].cancel()
+        return batches
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
@@ -490,423 +440,58 @@ class OkxSource:
         except Exception as exc:
             await self._post(_FatalEv(SourceError(f"OKX connection failed: {exc!r}")))
 
-    def _handle(self, event: _Event) -> list[Batch]:
-        if isinstance(event, _TradesEv):
-            return self._on_trades(event)
-        if isinstance(event, _LinkEv):
-            return self._on_link(event)
-        if isinstance(event, _FillEv):
-            return self._on_fill(event)
-        return []
-
-    # -- wall-clock closing -------------------------------------------------------------
-
-    def _due_ms(self, inst: _Inst) -> int | None:
-        if inst.shadow_open is None or inst.shadow_closed or inst.held_back:
-            return None
-        return (inst.shadow_open + 1) * MINUTE_MS + self.grace_ms
-
     def _next_tick_in(self) -> float | None:
-        dues = [d for d in map(self._due_ms, self._insts.values()) if d is not None]
-        if not dues:
+        due = self._protocol.next_deadline()
+        if due is None:
             return None
         # Wake at the deadline, but often enough to follow a clock a test moves.
-        return min(0.25, max(0.0, min(dues) / 1000 - self._clock()))
+        return min(0.25, max(0.0, due / 1000 - self._clock()))
 
-    def _ticks(self) -> list[Batch]:
-        now_ms = int(self._clock() * 1000)
-        out = []
-        for inst in self._insts.values():
-            due = self._due_ms(inst)
-            if due is not None and now_ms >= due:
-                inst.shadow_closed = True
-                out.append(Batch(inst.inst_id, [], position=self._position(inst), now_ms=now_ms))
-        return out
+    # -- gap fills ----------------------------------------------------------------------
 
-    # -- trades and gaps ----------------------------------------------------------------
-
-    def _decode(
-        self, inst: _Inst, raws: Sequence[bytes], file: str, frame_no: int
-    ) -> tuple[list[_Rec], list[Reject], int]:
-        now_ms = int(self._clock() * 1000)
-        recs: list[_Rec] = []
-        rejects: list[Reject] = []
-        skipped = 0
-        for raw in raws:
-            if b"\n" in raw or b"\r" in raw:
-                # A recorded line must stay one line.
-                with contextlib.suppress(msgspec.DecodeError):
-                    raw = msgspec.json.encode(msgspec.json.decode(raw))
-            decoded = inst.decoder.decode([raw], file=file, first_line=frame_no, now_ms=now_ms)
-            rejects += decoded.rejects
-            skipped += decoded.skipped
-            for trade in decoded.trades:
-                last = int(trade.tradeId)
-                first = last - trade.count + 1 if self.channel == "trades" else last
-                recs.append(_Rec(first, last, trade, bytes(raw)))
-        return recs, rejects, skipped
-
-    def _on_trades(self, ev: _TradesEv) -> list[Batch]:
-        inst = self._insts.get(ev.inst_id)
-        if inst is None:
-            return []
-        self.stats.frames += 1
-        recs, rejects, skipped = self._decode(
-            inst, [bytes(r) for r in ev.raws], f"ws:{self.channel}", ev.frame_no
-        )
-        self.stats.trades += len(recs)
-        recs.sort(key=lambda r: r.last)
-        items: list[_Item] = []
-        for rec in recs:
-            self._admit(inst, rec, items)
-        batches = self._deliver(inst, items)
-        if rejects or skipped:
-            batches.append(
-                Batch(inst.inst_id, [], rejects, skipped, position=self._position(inst))
-            )
-        return batches
-
-    def _admit(self, inst: _Inst, rec: _Rec, items: list[_Item]) -> None:
-        if inst.gap is not None:
-            inst.held.append(rec)
-            if len(inst.held) > self.max_held:
-                log.warning("%s: %d records held back behind a gap; giving up on it", inst.inst_id, len(inst.held))
-                items += self._give_up(inst, {})
-            return
-        frontier = inst.frontier
-        if frontier is None or rec.first == frontier + 1:
-            if inst.mark_next:
-                inst.mark_next = False
-                items += [rec, None]
-            else:
-                items.append(rec)
-            inst.frontier = rec.last if frontier is None else max(frontier, rec.last)
-        elif rec.last <= frontier:
-            self.stats.duplicates += 1
-        elif rec.first <= frontier:
-            # Straddles the frontier: its fills come one by one from REST instead.
-            self._open_gap(inst, frontier, rec.last)
-        else:
-            self._open_gap(inst, frontier, rec.first - 1)
-            inst.held.append(rec)
-
-    def _open_gap(self, inst: _Inst, lo: int, hi: int | None) -> None:
-        self._generation += 1
-        self.stats.gaps += 1
-        loop = asyncio.get_running_loop()
-        gap = _Gap(lo, hi, self._generation, loop.time())
-        inst.gap = gap
-        log.info("%s: trade ids after %d missing (up to %s); filling from REST", inst.inst_id, lo, hi if hi is not None else "now")
-        gap.task = self._spawn(self._fill(inst.inst_id, gap), f"vstream-okx-fill-{inst.inst_id}")
-
-    async def _fill(self, inst_id: str, gap: _Gap) -> None:
+    async def _fill(self, req: StartFill, opened: float) -> None:
+        """Fetch the gap's fills until complete or ``gap_timeout`` has passed since
+        ``opened`` (loop time); report them."""
         assert self._rest is not None
         loop = asyncio.get_running_loop()
-        deadline = gap.opened + self.gap_timeout
+        deadline = opened + self.gap_timeout
         rows: dict[int, msgspec.Raw] = {}
         error = ""
         pause = 0.05
         while True:
             try:
                 async with asyncio.timeout(max(0.01, deadline - loop.time())):
-                    got = await self._rest.history_range(inst_id, gap.lo, gap.hi)
+                    got = await self._rest.history_range(req.inst_id, req.lo, req.hi)
                 rows.update(got)
-                if _complete(rows, gap.lo, gap.hi):
-                    await self._post(_FillEv(inst_id, gap.generation, rows, True))
+                if fill_complete(rows, req.lo, req.hi):
+                    await self._post(_FillEv(req.inst_id, req.generation, rows, True))
                     return
                 error = "OKX history does not have all the missing trades yet"
             except (SourceError, TimeoutError) as exc:
                 error = str(exc) or "timed out"
             if loop.time() + pause >= deadline:
-                await self._post(_FillEv(inst_id, gap.generation, rows, False, error))
+                await self._post(_FillEv(req.inst_id, req.generation, rows, False, error))
                 return
             await asyncio.sleep(pause)
             pause = min(pause * 2, 2.0)
 
-    def _on_fill(self, ev: _FillEv) -> list[Batch]:
-        inst = self._insts[ev.inst_id]
-        gap = inst.gap
-        if gap is None or gap.generation != ev.generation:
-            return []
-        if not ev.complete:
-            log.warning(
-                "%s: could not fill the trade-id gap after %d within %.0fs (%s); "
-                "emitting its minutes flagged \"gap\": true",
-                inst.inst_id, gap.lo, self.gap_timeout, ev.error,
-            )
-            return self._deliver(inst, self._give_up(inst, ev.rows))
-        self.stats.gaps_filled += 1
-        filled = self._fill_records(inst, ev.rows)
-        self.stats.filled_trades += len(filled)
-        inst.gap = None
-        held, inst.held = inst.held, []
-        items: list[_Item] = []
-        for rec in filled:
-            self._admit(inst, rec, items)
-        if inst.gap is None and gap.hi is not None:
-            inst.frontier = max(inst.frontier or gap.hi, gap.hi)
-        if inst.gap is None and inst.recheck and inst.frontier is not None:
-            # The connection dropped while this gap was filled: fetch what came after it.
-            inst.recheck = False
-            self._open_gap(inst, inst.frontier, None)
-            inst.held += held
-        else:
-            for rec in held:
-                self._admit(inst, rec, items)
-        return self._deliver(inst, items)
-
-    def _give_up(self, inst: _Inst, rows: dict[int, msgspec.Raw]) -> list[_Item]:
-        """Deliver what is known around an unfillable gap, flagging the minutes at its edges."""
-        assert inst.gap is not None
-        self.stats.gaps_failed += 1
-        lo = inst.gap.lo
-        if inst.gap.task is not None:
-            inst.gap.task.cancel()
-        inst.gap = None
-        inst.recheck = False
-        recs = self._fill_records(inst, rows) + inst.held
-        inst.held = []
-        recs = sorted((r for r in recs if r.last > lo), key=lambda r: r.last)
-        items: list[_Item] = [None]
-        seen = lo
-        for rec in recs:
-            if rec.last <= seen:
-                continue
-            items.append(rec)
-            if len(items) == 2:
-                items.append(None)
-            seen = rec.last
-        if len(items) == 1:
-            inst.mark_next = True
-            inst.frontier = None  # the next record starts a new base
-        else:
-            inst.frontier = seen
-        return items
-
-    def _fill_records(self, inst: _Inst, rows: Mapping[int, msgspec.Raw]) -> list[_Rec]:
-        ordered = [bytes(rows[k]) for k in sorted(rows)]
-        if self.channel == "trades":
-            ordered = _merge_fills(ordered)
-        recs, rejects, _ = self._decode(inst, ordered, "rest:history-trades", 0)
-        for reject in rejects:
-            log.warning("%s: bad row from OKX history: %s", inst.inst_id, reject.error)
-        return recs
-
-    def _on_link(self, ev: _LinkEv) -> list[Batch]:
-        for inst_id in ev.inst_ids:
-            inst = self._insts[inst_id]
-            if not ev.up:
-                inst.down = True
-                continue
-            inst.down = False
-            if inst.frontier is None:
-                continue
-            if inst.gap is not None:
-                inst.recheck = True  # what was pushed while down lies past this gap
-            else:
-                self._open_gap(inst, inst.frontier, None)
-        return []
-
-    # -- delivering (and recording) -----------------------------------------------------
-
-    def _position(self, inst: _Inst) -> dict[str, FilePos] | None:
-        return dict(inst.files) if self.record_vault is not None else None
-
-    def _deliver(self, inst: _Inst, items: list[_Item]) -> list[Batch]:
-        """Turn delivered records into batches; record them first (flushed)."""
-        batches: list[Batch] = []
-        trades: list[Trade] = []
-        gap_next = False
-        lines: list[tuple[str, bytes]] = []
-        for item in items:
-            if item is None:
-                if trades or lines:
-                    self._write(inst, lines)
-                    lines = []
-                    batches.append(
-                        Batch(inst.inst_id, trades, position=self._position(inst), gap=gap_next)
-                    )
-                    trades = []
-                    gap_next = True
-                else:
-                    gap_next = True
-                continue
-            trade = item.trade
-            minute = trade.ts // MINUTE_MS
-            late_by_clock = minute == inst.shadow_open and inst.shadow_closed
-            if inst.shadow_open is None or minute > inst.shadow_open:
-                inst.shadow_open = minute
-                inst.shadow_closed = False
-            trades.append(trade)
-            if self.record_vault is not None:
-                day = _utc_day(trade.ts)
-                if day < inst.rec_day:
-                    day = inst.rec_day
-                inst.rec_day = day
-                if late_by_clock:
-                    self.stats.late_recorded += 1
-                    line = (
-                        b'{"event":"' + _LATE_EVENT.encode() + b'","arg":'
-                        + msgspec.json.encode({"channel": self.channel, "instId": inst.inst_id})
-                        + b',"data":[' + item.raw + b"]}\n"
-                    )
-                else:
-                    line = item.raw + b"\n"
-                lines.append((day, line))
-        if trades or lines or gap_next:
-            self._write(inst, lines)
-            batches.append(Batch(inst.inst_id, trades, position=self._position(inst), gap=gap_next))
-        return batches
-
-    def _write(self, inst: _Inst, lines: list[tuple[str, bytes]]) -> None:
-        if not lines:
-            return
-        start = 0
-        while start < len(lines):
-            day = lines[start][0]
-            end = start
-            while end < len(lines) and lines[end][0] == day:
-                end += 1
-            data = b"".join(line for _, line in lines[start:end])
-            self._append(inst, day, data, end - start)
-            start = end
-        self.stats.recorded += len(lines)
-
-    def _append(self, inst: _Inst, day: str, data: bytes, count: int) -> None:
-        assert inst.raw_dir is not None
-        path = inst.raw_dir / f"{day}.jsonl"
-        try:
-            if inst.handle is None or inst.handle_day != day:
-                if inst.handle is not None:
-                    inst.handle.flush()
-                    os.fsync(inst.handle.fileno())
-                    inst.handle.close()
-                    inst.handle = None
-                if (inst.raw_dir / f"{day}.jsonl.gz").exists():
-                    raise SourceError(
-                        f"{inst.inst_id}: cannot record into {path}: {day} is already archived as .jsonl.gz"
-                    )
-                if not inst.raw_dir.is_dir():
-                    inst.raw_dir.mkdir(parents=True, exist_ok=True)
-                    self._new_dirs.add(inst.raw_dir.parent)
-                if not path.exists():
-                    self._new_dirs.add(inst.raw_dir)
-                inst.handle = open(path, "ab")  # noqa: SIM115 - kept open across batches
-                inst.handle_day = day
-            inst.handle.write(data)
-            inst.handle.flush()
-        except OSError as exc:
-            raise SourceError(f"{inst.inst_id}: cannot record into {path}: {exc.strerror or exc}") from exc
-        inst.dirty.add(day)
-        pos = inst.files.get(day) or FilePos(name=path.name)
-        tail = (inst.tails.get(day, b"") + data)[-_TAIL:]
-        inst.tails[day] = tail
-        inst.files[day] = msgspec.structs.replace(
-            pos, offset=pos.offset + len(data), lines=pos.lines + count, tail_crc=zlib.crc32(tail)
-        )
-
     # -- resuming a recording -----------------------------------------------------------
 
-    async def _catch_up(self, inst: _Inst) -> AsyncIterator[Batch]:
+    async def _catch_up(self, inst_id: str, recorder: Recorder) -> AsyncIterator[Batch]:
         """Replay what the raw files hold past the saved position, then get ready to append."""
         assert self.record_vault is not None
-        paths = VaultPaths.of(self.record_vault, inst.inst_id)
-        inst.raw_dir = paths.raw_dir
-        replay = ReplaySource(self.record_vault, inst.inst_id, clock=self._clock, missing_ok=True)
-        replay.resume({inst.inst_id: self._saved.get(inst.inst_id) or {}})
-        newest_id: int | None = None
-        newest_ts = 0
+        replay = ReplaySource(self.record_vault, inst_id, clock=self._clock, missing_ok=True)
+        replay.resume({inst_id: self._saved.get(inst_id) or {}})
         async for batch in replay:
-            for trade in batch.trades:
-                tid = int(trade.tradeId)
-                if newest_id is None or tid > newest_id:
-                    newest_id, newest_ts = tid, trade.ts
-                minute = trade.ts // MINUTE_MS
-                if inst.shadow_open is None or minute > inst.shadow_open:
-                    inst.shadow_open = minute
+            self._protocol.replayed(inst_id, batch.trades)
             yield batch
-        inst.files = dict(replay.snapshot()[inst.inst_id])
-        files = await asyncio.to_thread(day_files, paths.raw_dir)
-        if files:
-            inst.rec_day = files[-1][0]
-        await asyncio.to_thread(self._prepare_append, inst, files)
-        if newest_id is None:
-            found = await asyncio.to_thread(self._last_recorded, inst)
-            if found is not None:
-                newest_id, newest_ts = found
-        if newest_id is None:
-            return
-        age = self._clock() - newest_ts / 1000
-        if age <= self.backfill_limit:
-            inst.frontier = newest_id  # the first connection fills from here
-        else:
-            log.warning(
-                "%s: the last recorded trade is %.0fs old (more than %.0fs): not fetching what "
-                "was missed; the open minute, if any, is flagged \"gap\": true",
-                inst.inst_id, age, self.backfill_limit,
-            )
-            inst.mark_next = False
-            yield Batch(inst.inst_id, [], position=self._position(inst), gap=True)
-
-    def _prepare_append(self, inst: _Inst, files: list[tuple[str, Path]]) -> None:
-        unread = [
-            path for day, path in files
-            if not path.name.endswith(".gz") and path.stat().st_size > (inst.files[day].offset if day in inst.files else 0)
-        ]  # fmt: skip
-        if len(unread) > 1:
-            # Replay stopped at a torn line of an earlier file: the later files hold whole
-            # lines, not a killed recorder's torn write, and must never be cut.
-            raise SourceError(
-                f"{inst.inst_id}: cannot record: {unread[0]} ends in a torn line and later day files "
-                f"follow it; finish that line (or end it with a newline) and start again"
-            )
-        for day, path in files:
-            if path.name.endswith(".gz"):
-                continue
-            pos = inst.files.get(day)
-            offset = pos.offset if pos is not None else 0
-            size = path.stat().st_size
-            if size > offset:
-                # Only a torn last line (no newline) is left unconsumed by the catch-up.
-                log.warning(
-                    "%s: cutting a torn last line (%d bytes) off %s before recording",
-                    inst.inst_id, size - offset, path,
-                )
-                with open(path, "r+b") as handle:
-                    handle.truncate(offset)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            if offset > 0:
-                with open(path, "rb") as handle:
-                    handle.seek(max(0, offset - _TAIL))
-                    inst.tails[day] = handle.read(offset - max(0, offset - _TAIL))
-
-    def _last_recorded(self, inst: _Inst) -> tuple[int, int] | None:
-        """The id and time of the newest trade before the saved offset of the newest file."""
-        for day in sorted(inst.files, reverse=True):
-            pos = inst.files[day]
-            if pos.offset <= 0 or pos.name.endswith(".gz") or inst.raw_dir is None:
-                continue
-            start = max(0, pos.offset - (256 << 10))
-            try:
-                with open(inst.raw_dir / pos.name, "rb") as handle:
-                    handle.seek(start)
-                    blob = handle.read(pos.offset - start)
-            except OSError:
-                return None
-            lines = blob.split(b"\n")
-            if start > 0:
-                lines = lines[1:]
-            decoded = inst.decoder.decode(
-                [line for line in lines if line.strip()],
-                file=pos.name,
-                first_line=0,
-                now_ms=int(self._clock() * 1000),
-            )
-            if decoded.trades:
-                best = max(decoded.trades, key=lambda t: int(t.tradeId))
-                return int(best.tradeId), best.ts
-        return None
+        recorder.start(inst_id, replay.snapshot()[inst_id])
+        await asyncio.to_thread(recorder.prepare, inst_id)
+        recorded = None
+        if self._protocol.instruments[inst_id].replayed_newest is None:
+            recorded = await asyncio.to_thread(recorder.last_recorded, inst_id, self._now_ms())
+        for batch in self._carry_out(self._protocol.resume_from(inst_id, recorded, self._now_ms())):
+            yield batch
 
     # -- connections --------------------------------------------------------------------
 
@@ -1011,21 +596,19 @@ class OkxSource:
                     raise _Dead(f"no subscribe ack for {_names(pending)} within {self.subscribe_timeout}s")
                 async with asyncio.timeout(remaining):
                     message = await ws.recv()
-                frame = self._parse(message)
-                if frame is None:
-                    continue
-                if frame.event == "subscribe" and frame.arg is not None:
-                    pending.discard(frame.arg.instId)
-                elif frame.event == "error":
-                    named = [i for i in inst_ids if i in frame.msg]
+                got = self._protocol.receive_frame(message, inst_ids)
+                if isinstance(got, Subscribed):
+                    pending.discard(got.inst_id)
+                elif isinstance(got, ErrorFrame):
+                    named = [i for i in inst_ids if i in got.msg]
                     if named:
                         raise ConfigError(
                             f"OKX refused the {self.channel} subscription for {_names(named)}: "
-                            f"{frame.msg} (code {frame.code}); check the instrument id and --channel"
+                            f"{got.msg} (code {got.code}); check the instrument id and --channel"
                         )
-                    raise _Dead(f"OKX answered the subscription with error {frame.code}: {frame.msg}")
-                elif frame.data is not None:
-                    await self._on_frame(frame, inst_ids)
+                    raise _Dead(f"OKX answered the subscription with error {got.code}: {got.msg}")
+                elif isinstance(got, Push):
+                    await self._post(got)
         except BaseException:
             await self._close(ws)
             raise
@@ -1035,32 +618,6 @@ class OkxSource:
         self._conns.discard(ws)
         with contextlib.suppress(Exception):
             await ws.close()
-
-    def _parse(self, message: str | bytes) -> _Frame | None:
-        if isinstance(message, str):
-            if message == "pong":
-                return None
-            data = message.encode()
-        else:
-            data = message
-        try:
-            return _frame_decoder.decode(data)
-        except msgspec.DecodeError:
-            self.stats.malformed += 1
-            log.warning("malformed frame from OKX ignored: %r", data[:200])
-            return None
-
-    async def _on_frame(self, frame: _Frame, inst_ids: tuple[str, ...]) -> None:
-        arg = frame.arg
-        if arg is None or frame.data is None:
-            return
-        if arg.channel != self.channel or arg.instId not in inst_ids:
-            self.stats.malformed += 1
-            return
-        self._frame_no += 1
-        await self._post(
-            _TradesEv(arg.instId, frame.data, int(self._clock() * 1000), self._frame_no)
-        )
 
     async def _read(
         self, ws: ClientConnection, inst_ids: tuple[str, ...], notice: asyncio.Event
@@ -1079,17 +636,16 @@ class OkxSource:
                 except TimeoutError:
                     await self._close(ws)
                     raise _Dead(f"no pong within {self.pong_timeout}s") from None
-            frame = self._parse(message)
-            if frame is None:
-                continue
-            if frame.event is None:
-                await self._on_frame(frame, inst_ids)
-            elif frame.event == "notice" and str(frame.code) == "64008":
+            got = self._protocol.receive_frame(message, inst_ids)
+            if isinstance(got, Push):
+                await self._post(got)
+            elif isinstance(got, UpgradeNotice):
                 self.stats.notices += 1
                 log.info("OKX service upgrade notice: opening a replacement connection")
                 notice.set()
-            elif frame.event == "error":
-                log.warning("OKX error event: %s (code %s)", frame.msg, frame.code)
+            elif isinstance(got, ErrorFrame):
+                log.warning("OKX error event: %s (code %s)", got.msg, got.code)
+
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -1116,75 +672,6 @@ def _split_groups(inst_ids: Sequence[str], channel: str) -> list[tuple[str, ...]
     if current:
         groups.append(tuple(current))
     return groups
-
-
-def _complete(rows: Mapping[int, Any], lo: int, hi: int | None) -> bool:
-    if hi is not None:
-        return all(i in rows for i in range(lo + 1, hi + 1))
-    if not rows:
-        return True  # nothing happened while we were away (as far as OKX knows)
-    return len(rows) == max(rows) - lo and min(rows) == lo + 1
-
-
-def _merge_fills(raws: list[bytes]) -> list[bytes]:
-    """Merge consecutive fills (same side, price and time) into one record, as OKX's
-    ``trades`` channel does: last ``tradeId``, summed ``sz``, ``count`` fills."""
-    out: list[bytes] = []
-    run: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        if not run:
-            return
-        if len(run) == 1:
-            out.append(msgspec.json.encode({**run[0], "count": "1"}))
-        else:
-            try:
-                total = sum((Decimal(str(r["sz"])) for r in run), Decimal(0))
-            except (InvalidOperation, KeyError):
-                out.extend(msgspec.json.encode({**r, "count": "1"}) for r in run)
-            else:
-                merged = {**run[-1], "sz": format(total, "f"), "count": str(len(run))}
-                out.append(msgspec.json.encode(merged))
-        run.clear()
-
-    for raw in raws:
-        try:
-            row = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            flush()
-            out.append(raw)
-            continue
-        if not isinstance(row, dict):
-            flush()
-            out.append(raw)
-            continue
-        prev = run[-1] if run else None
-        if prev is not None and not (
-            all(prev.get(k) == row.get(k) for k in ("side", "px", "ts"))
-            and _int(row.get("tradeId")) == _int(prev.get("tradeId")) + 1
-        ):
-            flush()
-        run.append(row)
-    flush()
-    return out
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return -2
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 __all__ = [
