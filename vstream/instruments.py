@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from .errors import ConfigError
+from .settings import MAX_CT_VAL
 
 #: The most traded OKX swaps (SPEC §4). Linear ones are in coin per contract, inverse in USD.
 BUILTIN_CT_VAL: dict[str, float] = {
@@ -154,6 +155,8 @@ def resolve(
             ct_val = float(cached.ctVal)
         except ValueError:
             ct_val = None
+        if ct_val is not None and not 0 < ct_val <= MAX_CT_VAL:
+            ct_val = None  # not a contract value OKX would list: as if unreadable
     if ct_val is None:
         ct_val = BUILTIN_CT_VAL.get(inst_id)
     if ct_val is None or not ct_val > 0:

@@ -15,6 +15,13 @@ from .errors import ConfigError
 #: Timeframes a run can produce, in minutes.
 TIMEFRAMES: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "1h": 60}
 
+#: Largest ``median_window``: about two years of one-minute bars.
+MAX_MEDIAN_WINDOW = 1_000_000
+
+#: Largest contract value: OKX's largest are 1e7 (meme coins); far beyond, a notional
+#: (sz x ctVal x px, with sz and px up to 1e15) would no longer be a finite number.
+MAX_CT_VAL = 1e12
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything that shapes bars, plus run options. Defaults are those of SPEC.md §5/§6.
@@ -54,15 +61,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if not (math.isfinite(self.grace) and self.grace >= 0):
             raise ConfigError(f"grace must be >= 0 seconds, got {self.grace!r}")
-        if self.median_window < 1:
-            raise ConfigError(f"median_window must be >= 1, got {self.median_window}")
+        if not 1 <= self.median_window <= MAX_MEDIAN_WINDOW:
+            raise ConfigError(
+                f"median_window must be between 1 and {MAX_MEDIAN_WINDOW}, got {self.median_window}"
+            )
         if not 1 <= self.min_history <= self.median_window:
             raise ConfigError(
                 f"min_history must be between 1 and median_window ({self.median_window}), got {self.min_history}"
             )
         for inst, value in self.ct_val.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"ct_val for {inst} must be a finite number > 0, got {value!r}")
+            if not 0 < value <= MAX_CT_VAL:
+                raise ConfigError(
+                    f"ct_val for {inst} must be a number > 0 and <= {MAX_CT_VAL:g}, got {value!r}"
+                )
         if not self.timeframes:
             raise ConfigError("timeframes must name at least one of " + ", ".join(TIMEFRAMES))
         for tf in self.timeframes:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from ..errors import VStreamError
 from .chart import register_chart
 from .common import Parser, report, run_async
 from .demo import register_demo
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    except VStreamError as exc:  # an option's converter refused its value: a usage error
+        return report(exc)
+    except Exception as exc:  # a converter's bug: still one line, never a traceback
+        return report(exc)
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING,
         format="vstream: %(message)s",

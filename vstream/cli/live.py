@@ -30,6 +30,7 @@ from .common import (
     add_settings_options,
     add_vault_option,
     checkpoint_interval,
+    positive_number,
     settings_of,
     summary_line,
     vault_of,
@@ -63,7 +64,7 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
         help="append every received trade to the vault's raw files, so replay can continue",
     )
     live.add_argument(
-        "--gap-timeout", type=float, default=60.0, metavar="S",
+        "--gap-timeout", type=positive_number, default=60.0, metavar="S",
         help="seconds a trade-id gap may stay unfilled before its minutes are emitted flagged (60)",
     )
     add_settings_options(live)
