@@ -180,7 +180,7 @@ def test_any_settings_option_value_gives_settings_or_a_usage_error(
     capsys.readouterr()
     try:
         args = build_parser().parse_args([command, "--instId", BTC, f"{option}={value}"])
-        result: Settings | None = settings_of(args)
+        result: Settings | None = settings_of(args)[0]
     except SystemExit as exc:
         assert exc.code == 2
         assert_usage_error(2, capsys.readouterr().err)

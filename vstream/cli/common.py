@@ -105,13 +105,16 @@ def vault_of(args: argparse.Namespace) -> Path:
     return Path(value)
 
 
-def settings_of(args: argparse.Namespace) -> Settings:
-    """The settings of a command: defaults, then ``--config``, then the flags."""
+def settings_of(args: argparse.Namespace) -> tuple[Settings, frozenset[str]]:
+    """The settings of a command (defaults, then ``--config``, then the flags) and the names
+    of those the user gave, in the file or as flags: the others a resuming instrument takes
+    from its state."""
     base = load_config(args.config) if getattr(args, "config", None) else {}
     overrides: dict[str, Any] = {dest: getattr(args, dest, None) for _, dest, _, _ in _THRESHOLDS}
     overrides["ct_val"] = dict(args.ct_val) if getattr(args, "ct_val", None) else None
     overrides["timeframes"] = getattr(args, "timeframes", None)
-    return make_settings(base, **overrides)
+    given = frozenset(base) | {k for k, v in overrides.items() if v is not None}
+    return make_settings(base, **overrides), given
 
 
 def time_range(args: argparse.Namespace, now: float) -> tuple[str | None, str | None]:

@@ -100,7 +100,7 @@ def _install_signals(loop: asyncio.AbstractEventLoop, on_signal: Callable[[], No
 async def run_live(args: argparse.Namespace) -> int:
     """The ``live`` command: returns 0 after a clean stop."""
     vault = vault_of(args)
-    settings = settings_of(args)
+    settings, given = settings_of(args)
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids))
     for inst_id in inst_ids:
         kind_of(inst_id)
@@ -131,6 +131,7 @@ async def run_live(args: argparse.Namespace) -> int:
             sinks=[show],
             settings=settings,
             vault=vault,
+            given=given,
             checkpoint_interval=checkpoint_interval(),
         )
         signals = 0
