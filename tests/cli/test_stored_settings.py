@@ -283,3 +283,21 @@ async def test_live_uses_the_stored_settings_and_refuses_other_ones(shaped: Path
     after = outputs(shaped)
     assert after["1m"].startswith(before["1m"]) and len(after["1m"]) > len(before["1m"])
     assert all(after[tf].startswith(before[tf]) for tf in OUTPUTS)
+
+
+def test_a_ct_val_only_the_state_knows_need_not_be_repeated(vault: Path, run_cli: RunCli) -> None:
+    inst = "ZZZ-USDT-SWAP"  # in no built-in table and no instrument cache
+    raw = VaultPaths.of(vault, inst).raw_dir
+    raw.mkdir(parents=True)
+    trades = [trade_line(i + 1, "2.5", "4", "buy", M0 + i * 20_000, inst) for i in range(30)]
+    write_lines(raw / "2025-12-14.jsonl", trades[:20])
+    status, _, err = run_cli("replay", "--instId", inst, "--vault", str(vault))
+    assert status == 2 and "no contract value (ctVal) known for ZZZ-USDT-SWAP" in err, err
+    assert not VaultPaths.of(vault, inst).state.exists()  # nothing stored by the refused run
+    status, _, err = run_cli("replay", "--instId", inst, "--vault", str(vault), "--ct-val", f"{inst}=10")
+    assert status == 0, err
+    write_lines(raw / "2025-12-14.jsonl", trades)
+    status, _, err = run_cli("replay", "--instId", inst, "--vault", str(vault), "--final")
+    assert status == 0, err
+    bars = [json.loads(x) for x in VaultPaths.of(vault, inst).output().read_text().splitlines()]
+    assert [b["total_volume"] for b in bars] == ["300"] * 10  # 3 trades x 4 x 10 x 2.5 a minute
