@@ -16,7 +16,12 @@ from .common import add_vault_option, bar_count, time_range, vault_of
 
 def register_chart(sub: Any) -> None:
     """``vstream chart``: draw one instrument's bars and signals to a file."""
-    p = sub.add_parser("chart", help="draw price, volume by tier and signals to an .svg/.html/.png file")
+    p = sub.add_parser(
+        "chart",
+        help="draw price, volume by tier and signals to an .svg/.html/.png file",
+        description="Draw one instrument's price, volume coloured by tier and signal markers to "
+        "a self-contained .svg or .html file, or a .png.",
+    )
     p.add_argument("--instId", dest="inst_id", required=True, metavar="ID", help="instrument")
     add_vault_option(p)
     p.add_argument("--timeframe", choices=list(TIMEFRAMES), default="1m", help="which bars (1m)")

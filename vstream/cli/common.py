@@ -99,6 +99,18 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=dest, type=kind, metavar="N", help=text)
 
 
+def package_version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vstream")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        from .. import __version__
+
+        return __version__
+
+
 def vault_of(args: argparse.Namespace) -> Path:
     """``--vault``, else ``$VSTREAM_VAULT``, else ``./Vault`` (SPEC §2)."""
     value = args.vault or os.environ.get("VSTREAM_VAULT") or "Vault"

@@ -36,7 +36,13 @@ from .common import (
 
 def register_replay(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the ``replay`` subcommand."""
-    replay = sub.add_parser("replay", help="catch the vault up: trades files -> bars")
+    replay = sub.add_parser(
+        "replay",
+        help="catch the vault up: trades files -> bars",
+        description="Read each instrument's trade files from where the last run stopped, append "
+        "the new bars and print one summary line per instrument. Without --final the last minute "
+        "stays open for the next run.",
+    )
     group = replay.add_mutually_exclusive_group(required=True)
     group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
     group.add_argument("--all", action="store_true", help="every instrument with trade files in the vault")

@@ -36,7 +36,12 @@ def _tiers(text: str) -> list[str]:
 
 def register_signals(sub: Any) -> None:
     """``vstream signals``: print matching bars of one or more instruments."""
-    p = sub.add_parser("signals", help="print bars with signals (tier, absorption, divergence, whales)")
+    p = sub.add_parser(
+        "signals",
+        help="print bars with signals (tier, absorption, divergence, whales)",
+        description="Print the written bars of one or more instruments that show a signal (tier, "
+        "absorption, divergence, whale trades), as a table or as their JSON lines.",
+    )
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
     group.add_argument("--all", action="store_true", help="every instrument with bars in the vault")

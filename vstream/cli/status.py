@@ -36,7 +36,12 @@ def max_lag(text: str) -> float:
 
 def register_status(sub: Any) -> None:
     """``vstream status``: per instrument last bar, lag, counters and health; exit 1 on a problem."""
-    p = sub.add_parser("status", help="per instrument: last bar, lag, counters, health (exit 1 on a problem)")
+    p = sub.add_parser(
+        "status",
+        help="per instrument: last bar, lag, counters, health (exit 1 on a problem)",
+        description="Per instrument: the last written bar, its lag, the counters and health. Exit "
+        "0 when every instrument is healthy, 1 when any has a problem, 2 on a usage error.",
+    )
     add_vault_option(p)
     p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID",
                    help="only these instruments (default: all in the vault)")
