@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from ..errors import VStreamError
 from .chart import register_chart
 from .common import Parser, package_version, report, run_async
 from .demo import register_demo
@@ -71,9 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
-    except VStreamError as exc:  # an option's converter refused its value: a usage error
-        return report(exc)
-    except Exception as exc:  # a converter's bug: still one line, never a traceback
+    except Exception as exc:
+        # A converter raising past argparse: a ConfigError is a usage error (exit 2), anything
+        # else a bug (exit 1); either way one line, never a traceback.
         return report(exc)
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING,
