@@ -126,7 +126,7 @@ def test_second_process_on_the_same_instrument_exits_at_once(seeded, vault, run_
 
 def test_store_commit_is_atomic_replacement(tmp_path):
     paths = VaultPaths.of(tmp_path, INST)
-    store = InstrumentStore(paths, Settings().fingerprint(0.01))
+    store = InstrumentStore(paths, Settings().shape(0.01))
     state = store.open()
     try:
         state.output_length = 0

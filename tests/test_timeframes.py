@@ -206,9 +206,11 @@ def test_changing_timeframes_needs_rebuild(
     generate_vault(fresh, instruments=(BTC,), hours=2, seed=5)
     assert replay(fresh, "--timeframes", "5m,1m", "--final") == 0  # order given does not matter
     assert paths.output("5m").read_bytes() == VaultPaths.of(fresh, BTC).output("5m").read_bytes()
-    # Going back to 1m only is a change too; --rebuild then removes the 5m file.
-    assert replay(vault, "--final") == 2
-    assert replay(vault, "--final", "--rebuild") == 0
+    # Without --timeframes the stored list is kept; going back to 1m only is a change too,
+    # and --rebuild then removes the 5m file.
+    assert replay(vault, "--final") == 0
+    assert replay(vault, "--final", "--timeframes", "1m") == 2
+    assert replay(vault, "--final", "--rebuild", "--timeframes", "1m") == 0
     assert not paths.output("5m").exists()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from .assembler import Bar, BarAssembler, Counters
 from .errors import ConfigError, SinkError, SourceError, VStreamError
 from .instruments import Instrument, VaultPaths, load_cache, resolve
 from .kernel import MINUTE_MS
-from .settings import Settings
+from .settings import SHAPE_FIELDS, Settings
 from .sinks import Sink, SinkLike, as_sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
@@ -217,6 +218,13 @@ class Engine:
     With ``vault`` set, each instrument's bars, rejects and state live in the vault (SPEC §2,
     §7): the engine locks the instrument, resumes from its state, appends bars to
     ``volume_1m.jsonl`` and checkpoints every ``checkpoint_interval`` seconds and at the end.
+    The state stores the settings that shape the instrument's bars (thresholds, its ctVal,
+    timeframes). Without ``settings`` they are taken from there (the defaults for a new
+    instrument); with ``settings`` every one of them must equal the stored value, else
+    :class:`ConfigError` names it (``rebuild=True`` starts over with the new ones). ``given``
+    narrows that: only the :class:`Settings` fields it names count as chosen, the others come
+    from the state. A ``ct_val`` mapping entry (or an ``instruments`` entry) counts as chosen for
+    its instrument, a value from the instrument cache or the built-in table does not.
 
     Use it as an async context manager, then ``await engine.run()`` or iterate
     ``engine.bars()``. ``engine.stop()`` ends a run cleanly; cancelling the task running it
@@ -231,6 +239,7 @@ class Engine:
         *,
         vault: str | os.PathLike[str] | None = None,
         rebuild: bool = False,
+        given: Iterable[str] | None = None,
         instruments: Mapping[str, Instrument] | None = None,
         queue_size: int = 8,
         checkpoint_interval: float = 5.0,
@@ -253,6 +262,16 @@ class Engine:
         if sink_errors not in ("log", "raise"):
             raise ConfigError(f"sink_errors must be 'log' or 'raise', not {sink_errors!r}")
         self.settings = settings if settings is not None else Settings()
+        if given is None:
+            chosen = set(Settings.__struct_fields__) if settings is not None else set()
+        else:
+            chosen = set(given)
+            unknown = sorted(chosen - set(Settings.__struct_fields__))
+            if unknown:
+                raise ConfigError(f"unknown setting(s) in given: {', '.join(unknown)}")
+        self._given = frozenset(chosen)
+        # Settings passed with no ``given``: every value is chosen, a cached ctVal included.
+        self._all_given = given is None and settings is not None
         self.vault = Path(vault) if vault is not None else None
         self.rebuild = rebuild
         self._instruments = dict(instruments or {})
@@ -328,23 +347,37 @@ class Engine:
     def _open_pipes(self) -> None:
         cache = load_cache(self.vault) if self.vault is not None else None
         for inst_id in self.inst_ids:
-            instrument = self._instruments.get(inst_id) or resolve(
-                inst_id, self.settings.ct_val, cache
+            explicit = self._instruments.get(inst_id)
+            ct_chosen = (
+                explicit is not None
+                or self._all_given
+                or ("ct_val" in self._given and inst_id in self.settings.ct_val)
             )
-            pipe = _Pipe(instrument, BarAssembler(instrument, self.settings))
-            self._pipes[inst_id] = pipe
+            # A ctVal nobody gave may be in the state: the store raises if it is not.
+            instrument = explicit or resolve(
+                inst_id, self.settings.ct_val, cache, required=self.vault is None or ct_chosen
+            )
             if self.vault is None:
+                self._pipes[inst_id] = _Pipe(instrument, BarAssembler(instrument, self.settings))
                 continue
             paths = VaultPaths.of(self.vault, inst_id)
-            store = InstrumentStore(
-                paths, self.settings.fingerprint(instrument.ct_val), self.settings.timeframes
-            )
-            pipe.state = store.open(rebuild=self.rebuild)
+            given = self._given & set(SHAPE_FIELDS) | ({"ct_val"} if ct_chosen else set())
+            store = InstrumentStore(paths, self.settings.shape(instrument.ct_val), given=given)
+            state = store.open(rebuild=self.rebuild)
+            try:
+                shape = store.shape
+                instrument = dataclasses.replace(instrument, ct_val=shape.ct_val)
+                pipe = _Pipe(instrument, BarAssembler(instrument, self.settings.with_shape(shape)))
+                pipe.assembler.restore(state.assembler)
+            except BaseException:
+                store.close()
+                raise
+            self._pipes[inst_id] = pipe
+            pipe.state = state
             pipe.store = store
-            pipe.assembler.restore(pipe.state.assembler)
-            pipe.position = pipe.state.files or pipe.state.position
+            pipe.position = state.files or state.position
             pipe.outputs = {
-                tf: JsonlSink(paths.output(tf), autoflush=False) for tf in self.settings.timeframes
+                tf: JsonlSink(paths.output(tf), autoflush=False) for tf in shape.timeframes
             }
             pipe.rejects = JsonlSink(paths.rejects, autoflush=False)
 

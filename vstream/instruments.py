@@ -12,6 +12,7 @@ from pathlib import Path
 import msgspec
 
 from .errors import ConfigError
+from .settings import MAX_CT_VAL
 
 #: The most traded OKX swaps (SPEC §4). Linear ones are in coin per contract, inverse in USD.
 BUILTIN_CT_VAL: dict[str, float] = {
@@ -134,11 +135,14 @@ def resolve(
     inst_id: str,
     overrides: Mapping[str, float] | None = None,
     cache: InstrumentCache | None = None,
+    *,
+    required: bool = True,
 ) -> Instrument:
     """Build an :class:`Instrument`, taking ``ctVal`` from overrides, then cache, then the table.
 
     A swap or future with no known ``ctVal`` is a :class:`ConfigError` naming the fix: vstream
-    never guesses a contract size.
+    never guesses a contract size. With ``required=False`` its ``ct_val`` is ``None`` instead
+    (the engine then takes the one stored in the instrument's state, or raises that error).
     """
     kind = kind_of(inst_id)
     settle = inst_id.split("-")[1]
@@ -157,14 +161,23 @@ def resolve(
             ct_val = float(cached.ctVal)
         except ValueError:
             ct_val = None
+        if ct_val is not None and not 0 < ct_val <= MAX_CT_VAL:
+            ct_val = None  # not a contract value OKX would list: as if unreadable
     if ct_val is None:
         ct_val = BUILTIN_CT_VAL.get(inst_id)
-    if ct_val is None or not ct_val > 0:
-        raise ConfigError(
-            f"no contract value (ctVal) known for {inst_id}: pass --ct-val {inst_id}=VALUE, set "
-            f"[ct_val] in the config file, or run `vstream live` once to fill the instrument cache"
-        )
+    if ct_val is not None and not ct_val > 0:
+        ct_val = None
+    if ct_val is None and required:
+        raise missing_ct_val(inst_id)
     return Instrument(inst_id, kind, inverse=inverse, ct_val=ct_val)
+
+
+def missing_ct_val(inst_id: str) -> ConfigError:
+    """The error of a swap or future whose contract value is nowhere to be found."""
+    return ConfigError(
+        f"no contract value (ctVal) known for {inst_id}: pass --ct-val {inst_id}=VALUE, set "
+        f"[ct_val] in the config file, or run `vstream live` once to fill the instrument cache"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import math
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,20 +48,24 @@ def parse_time(text: str, now: float) -> str:
     """
     value = text.strip()
     match = _RELATIVE.match(value)
-    if match:
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-        moment = datetime.fromtimestamp(now - seconds, UTC)
-    else:
-        try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise ConfigError(
-                f"cannot read time {text!r}: use ISO (2025-12-14T21:34Z) or a duration (6h, 2d)"
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        moment = moment.astimezone(UTC)
-    return moment.replace(second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        if match:
+            moment = datetime.fromtimestamp(now - parse_duration(value), UTC)
+        else:
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                raise ConfigError(
+                    f"cannot read time {text!r}: use ISO (2025-12-14T21:34Z) or a duration (6h, 2d)"
+                ) from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            moment = moment.astimezone(UTC)
+    except (OverflowError, ValueError, OSError):
+        # A duration reaching before year 1, or an ISO time whose zone moves it past year 9999.
+        raise ConfigError(f"time {text!r} is out of range (UTC years 1 to 9999)") from None
+    # isoformat, not strftime: "%Y" gives year 500 as "500", which sorts after "2025".
+    return moment.replace(second=0, microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def parse_duration(text: str) -> float:
@@ -68,7 +73,10 @@ def parse_duration(text: str) -> float:
     match = _RELATIVE.match(text.strip())
     if not match:
         raise ConfigError(f"cannot read duration {text!r}: use e.g. 90s, 15m, 2h, 1d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ConfigError(f"duration {text!r} is too large")
+    return seconds
 
 
 # -- reading outputs ----------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,13 @@ from .errors import ConfigError
 
 #: Timeframes a run can produce, in minutes.
 TIMEFRAMES: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "1h": 60}
+
+#: Largest ``median_window``: about two years of one-minute bars.
+MAX_MEDIAN_WINDOW = 1_000_000
+
+#: Largest contract value: OKX's largest are 1e7 (meme coins); far beyond, a notional
+#: (sz x ctVal x px, with sz and px up to 1e15) would no longer be a finite number.
+MAX_CT_VAL = 1e12
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -54,15 +61,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             )
         if not (math.isfinite(self.grace) and self.grace >= 0):
             raise ConfigError(f"grace must be >= 0 seconds, got {self.grace!r}")
-        if self.median_window < 1:
-            raise ConfigError(f"median_window must be >= 1, got {self.median_window}")
+        if not 1 <= self.median_window <= MAX_MEDIAN_WINDOW:
+            raise ConfigError(
+                f"median_window must be between 1 and {MAX_MEDIAN_WINDOW}, got {self.median_window}"
+            )
         if not 1 <= self.min_history <= self.median_window:
             raise ConfigError(
                 f"min_history must be between 1 and median_window ({self.median_window}), got {self.min_history}"
             )
         for inst, value in self.ct_val.items():
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"ct_val for {inst} must be a finite number > 0, got {value!r}")
+            if not 0 < value <= MAX_CT_VAL:
+                raise ConfigError(
+                    f"ct_val for {inst} must be a number > 0 and <= {MAX_CT_VAL:g}, got {value!r}"
+                )
         if not self.timeframes:
             raise ConfigError("timeframes must name at least one of " + ", ".join(TIMEFRAMES))
         for tf in self.timeframes:
@@ -71,24 +82,86 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if "1m" not in self.timeframes:
             raise ConfigError("timeframes must include 1m (the other timeframes are resumed with it)")
 
+    def shape(self, ct_val: float | None) -> BarShape:
+        """What shapes the bars of one instrument whose contract value is ``ct_val``."""
+        return BarShape(
+            whale_usd=self.whale_usd,
+            median_window=self.median_window,
+            min_history=self.min_history,
+            absorption_volume_ratio=self.absorption_volume_ratio,
+            absorption_max_price_pct=self.absorption_max_price_pct,
+            divergence_min_price_pct=self.divergence_min_price_pct,
+            divergence_min_delta_ratio=self.divergence_min_delta_ratio,
+            ct_val=ct_val,
+            timeframes=tuple(sorted(self.timeframes, key=TIMEFRAMES.__getitem__)),
+        )
+
     def fingerprint(self, ct_val: float | None) -> str:
         """A short hash of what shapes one instrument's bars (not run options like ``grace``)."""
-        shape = [
-            self.whale_usd,
-            self.median_window,
-            self.min_history,
-            self.absorption_volume_ratio,
-            self.absorption_max_price_pct,
-            self.divergence_min_price_pct,
-            self.divergence_min_delta_ratio,
-            ct_val,
-            sorted(self.timeframes, key=TIMEFRAMES.__getitem__),
-        ]
-        return hashlib.sha256(msgspec.json.encode(shape)).hexdigest()[:16]
+        return self.shape(ct_val).fingerprint()
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""
         return msgspec.structs.replace(self, **changes)
+
+    def with_shape(self, shape: BarShape) -> Settings:
+        """A copy whose bar-shaping values are ``shape``'s (its ``ct_val`` is the instrument's,
+        kept apart: the ``ct_val`` mapping is left as it is)."""
+        return self.replace(**{f: getattr(shape, f) for f in SHAPE_FIELDS})
+
+
+class BarShape(msgspec.Struct, frozen=True, kw_only=True):
+    """The settings that shape one instrument's bars, stored in its state.
+
+    A run that does not choose one of these takes it from here, so an instrument keeps the
+    bar definition it was built with; a run choosing a different value must rebuild.
+    """
+
+    # ``int | float``: a value is kept as it was given (5000 or 5000.0) through the state
+    # file, so the fingerprint computed from it stays the one written beside it.
+    whale_usd: int | float
+    median_window: int
+    min_history: int
+    absorption_volume_ratio: int | float
+    absorption_max_price_pct: int | float
+    divergence_min_price_pct: int | float
+    divergence_min_delta_ratio: int | float
+    ct_val: int | float | None
+    timeframes: tuple[str, ...]
+
+    def fingerprint(self) -> str:
+        """A short hash of these values (the same as states written before they were stored)."""
+        values = [getattr(self, f) for f in self.__struct_fields__]
+        return hashlib.sha256(msgspec.json.encode(values)).hexdigest()[:16]
+
+    def differences(self, other: BarShape, fields: Iterable[str]) -> list[str]:
+        """``"whale_usd is 5000 in the state, 7000 given"`` for each of ``fields`` that differs
+        (``self`` is the stored shape, ``other`` the one given)."""
+        return [
+            f"{name} is {_show(getattr(self, name))} in the state, {_show(getattr(other, name))} given"
+            for name in self.__struct_fields__
+            if name in fields and getattr(self, name) != getattr(other, name)
+        ]
+
+    def overlay(self, other: BarShape, fields: Iterable[str]) -> BarShape:
+        """A copy of ``self`` with ``fields`` taken from ``other``."""
+        chosen = set(fields)
+        return msgspec.structs.replace(
+            self, **{f: getattr(other, f) for f in self.__struct_fields__ if f in chosen}
+        )
+
+
+#: The fields of :class:`BarShape` that :class:`Settings` holds as they are (``ct_val`` is per
+#: instrument: the mapping's value, the instrument cache's or the built-in one).
+SHAPE_FIELDS: tuple[str, ...] = tuple(f for f in BarShape.__struct_fields__ if f != "ct_val")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import glob
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import filelock
 import msgspec
 
 from .assembler import AssemblerState
-from .errors import LockedError, SinkError, StateError
-from .instruments import VaultPaths
+from .errors import ConfigError, LockedError, SinkError, StateError
+from .instruments import Kind, VaultPaths, kind_of, missing_ct_val
+from .settings import BarShape
 
 STATE_VERSION = 1
 
@@ -50,6 +52,9 @@ class State(msgspec.Struct, kw_only=True):
     version: int = STATE_VERSION
     instId: str
     fingerprint: str
+    #: The settings the bars were built with (absent in states written before they were
+    #: stored: then only ``fingerprint`` tells).
+    settings: BarShape | None = None
     files: dict[str, FilePos] = msgspec.field(default_factory=dict)
     #: Where a source that does not read vault files resumes (opaque to vstream).
     position: Any = None
@@ -94,22 +99,33 @@ def write_atomic(path: Path, data: bytes) -> None:
 class InstrumentStore:
     """One instrument's state, lock and output files in a vault.
 
-    The constructor does no I/O. :meth:`open` takes the lock, loads and checks the state against
-    the outputs (cutting back an output that ran ahead of the state) and returns it;
-    :meth:`commit` saves a new state atomically; :meth:`close` releases the lock.
+    ``wanted`` is the bar shape the caller asks for and ``given`` names which of its fields the
+    caller chose (``None``: all of them). :meth:`open` takes the lock, settles the shape —
+    a chosen value must equal the stored one, the others are taken from the state (``wanted``'s
+    for a new instrument) — loads and checks the state against the outputs (cutting back an
+    output that ran ahead of the state) and returns it; :attr:`shape` is then the shape in
+    force. :meth:`commit` saves a new state atomically; :meth:`close` releases the lock.
+    The constructor does no I/O.
     """
 
-    def __init__(
-        self, paths: VaultPaths, fingerprint: str, timeframes: tuple[str, ...] = ("1m",)
-    ) -> None:
+    def __init__(self, paths: VaultPaths, wanted: BarShape, *, given: Iterable[str] | None = None) -> None:
         self.paths = paths
-        self.fingerprint = fingerprint
-        self.timeframes = timeframes
+        self.wanted = wanted
+        self.given = frozenset(wanted.__struct_fields__ if given is None else given)
+        self.shape = wanted
         self._lock = filelock.FileLock(paths.lock, timeout=0, thread_local=False)
 
     @property
     def inst_id(self) -> str:
         return self.paths.inst_id
+
+    @property
+    def fingerprint(self) -> str:
+        return self.shape.fingerprint()
+
+    @property
+    def timeframes(self) -> tuple[str, ...]:
+        return self.shape.timeframes
 
     def open(self, *, rebuild: bool = False) -> State:
         """Lock the instrument and return the state to resume from (a fresh one if none)."""
@@ -128,6 +144,9 @@ class InstrumentStore:
         try:
             self._remove_stale_temporaries()
             if rebuild:
+                # Starting over keeps the stored settings the caller did not choose anew.
+                stored = self._stored_shape()
+                self._settle(stored.overlay(self.wanted, self.given) if stored else self.wanted)
                 # The fresh state goes first: a run killed from here on resumes as a fresh
                 # start (outputs cut back to 0), never as "output without a state".
                 state = self.fresh()
@@ -140,7 +159,22 @@ class InstrumentStore:
             raise
 
     def fresh(self) -> State:
-        return State(instId=self.inst_id, fingerprint=self.fingerprint)
+        return State(instId=self.inst_id, fingerprint=self.fingerprint, settings=self.shape)
+
+    def _settle(self, shape: BarShape) -> None:
+        if shape.ct_val is None and kind_of(self.inst_id) is not Kind.SPOT:
+            raise missing_ct_val(self.inst_id)
+        self.shape = shape
+
+    def _stored_shape(self) -> BarShape | None:
+        """The settings of a readable state of this instrument, if any (for a rebuild)."""
+        try:
+            state = msgspec.json.decode(self.paths.state.read_bytes(), type=State)
+        except (OSError, msgspec.DecodeError):
+            return None
+        if state.instId != self.inst_id or state.settings is None:
+            return None
+        return state.settings
 
     def _outputs(self) -> dict[str, Path]:
         return {tf: self.paths.output(tf) for tf in self.timeframes}
@@ -160,12 +194,12 @@ class InstrumentStore:
 
     def _load(self) -> State:
         state_path = self.paths.state
-        outputs = self._outputs()
         hint = f"run again with --rebuild to start {self.inst_id} over from the first input byte"
         try:
             raw = state_path.read_bytes()
         except FileNotFoundError:
-            for path in outputs.values():
+            self._settle(self.wanted)
+            for path in self._outputs().values():
                 if path.exists() and path.stat().st_size > 0:
                     raise StateError(
                         f"{self.inst_id}: output {path} exists but state {state_path} does not; {hint}"
@@ -188,13 +222,32 @@ class InstrumentStore:
             )
         if state.instId != self.inst_id:
             raise StateError(f"{self.inst_id}: state {state_path} belongs to {state.instId}; {hint}")
-        if state.fingerprint != self.fingerprint:
-            raise StateError(
-                f"{self.inst_id}: the settings that shape bars (thresholds, ctVal, timeframes) "
-                f"changed since the state was written; {hint}"
-            )
+        stored = state.settings
+        if stored is None:
+            # Written before the settings were stored: only the fingerprint can tell.
+            if state.fingerprint != self.wanted.fingerprint():
+                raise StateError(
+                    f"{self.inst_id}: the settings that shape bars (thresholds, ctVal, timeframes) "
+                    f"changed since the state was written (give the options it was built with "
+                    f"once: from then on they are stored), or {hint}"
+                )
+            self._settle(self.wanted)
+            state.settings = self.wanted  # stored with the next checkpoint
+        else:
+            if state.fingerprint != stored.fingerprint():
+                raise StateError(
+                    f"{self.inst_id}: state {state_path} records settings that do not match its "
+                    f"fingerprint (edited by hand?); {hint}"
+                )
+            changed = stored.differences(self.wanted, self.given)
+            if changed:
+                raise ConfigError(
+                    f"{self.inst_id}: {'; '.join(changed)}: run again with --rebuild to start "
+                    f"{self.inst_id} over with the new settings, or leave them out to keep the stored ones"
+                )
+            self._settle(stored)
         lengths = {"1m": state.output_length, **state.timeframe_lengths}
-        for tf, path in outputs.items():
+        for tf, path in self._outputs().items():
             self._cut_back(path, lengths.get(tf, 0), hint)
         self._cut_back_rejects(state)
         return state

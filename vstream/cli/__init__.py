@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .chart import register_chart
-from .common import Parser, report, run_async
+from .common import Parser, package_version, report, run_async
 from .demo import register_demo
 from .import_okx import register_import_okx
 from .live import register_live
@@ -37,10 +37,30 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="vstream", description="OKX trades into one-minute order-flow bars.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for register in REGISTRARS:
         register(sub)
+    for command in sub.choices.values():
+        # Also after the subcommand (vstream replay -q ...). SUPPRESS: when absent there, the
+        # subcommand's parse must not reset a -q given before it.
+        command.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors on stderr"
+        )
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version (looked up only when asked: start-up)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:  # fmt: skip
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        print(f"vstream {package_version()}", flush=True)
+        parser.exit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    except Exception as exc:
+        # A converter raising past argparse: a ConfigError is a usage error (exit 2), anything
+        # else a bug (exit 1); either way one line, never a traceback.
+        return report(exc)
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING,
         format="vstream: %(message)s",

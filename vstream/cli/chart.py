@@ -8,22 +8,26 @@ from collections import deque
 from typing import Any
 
 from ..chart import CANDLE_LIMIT, render, write_chart
-from ..errors import ConfigError
 from ..instruments import VaultPaths
-from ..query import parse_time, read_bars
+from ..query import read_bars
 from ..settings import TIMEFRAMES
-from .common import add_vault_option, vault_of
+from .common import add_vault_option, bar_count, time_range, vault_of
 
 
 def register_chart(sub: Any) -> None:
     """``vstream chart``: draw one instrument's bars and signals to a file."""
-    p = sub.add_parser("chart", help="draw price, volume by tier and signals to an .svg/.html/.png file")
+    p = sub.add_parser(
+        "chart",
+        help="draw price, volume by tier and signals to an .svg/.html/.png file",
+        description="Draw one instrument's price, volume coloured by tier and signal markers to "
+        "a self-contained .svg or .html file, or a .png.",
+    )
     p.add_argument("--instId", dest="inst_id", required=True, metavar="ID", help="instrument")
     add_vault_option(p)
     p.add_argument("--timeframe", choices=list(TIMEFRAMES), default="1m", help="which bars (1m)")
     p.add_argument("--since", metavar="ISO", help="from this time (ISO, or 6h/2d back)")
     p.add_argument("--until", metavar="ISO", help="before this time")
-    p.add_argument("--last", type=int, metavar="N", help=f"the last N bars of the range (default {CANDLE_LIMIT // 2} without --since)")
+    p.add_argument("--last", type=bar_count, metavar="N", help=f"the last N bars of the range (default {CANDLE_LIMIT // 2} without --since)")
     p.add_argument("--style", choices=["auto", "candles", "line"], default="auto",
                    help=f"price as candles or a close line (auto: candles up to {CANDLE_LIMIT} bars)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write (.svg, .html or .png)")
@@ -38,11 +42,8 @@ def _chart(args: Any) -> int:
     vault = vault_of(args)
     paths = VaultPaths.of(vault, args.inst_id)
     now = time.time()
-    since = parse_time(args.since, now) if args.since else None
-    until = parse_time(args.until, now) if args.until else None
+    since, until = time_range(args, now)
     last = args.last if args.last is not None else (None if since else CANDLE_LIMIT // 2)
-    if last is not None and last < 1:
-        raise ConfigError("--last must be >= 1")
     found = (bar for bar, _ in read_bars(paths, args.timeframe, since, until))
     bars = list(deque(found, maxlen=last)) if last is not None else list(found)
     chart = render(bars, style=args.style)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -16,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 from ..assembler import Counters
 from ..errors import ConfigError, VStreamError
+from ..query import parse_time
 from ..settings import TIMEFRAMES, Settings, load_config, make_settings
 
 T = TypeVar("T")
@@ -38,6 +40,28 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line on stderr and exit 2, as for every usage or configuration error.
         self.exit(2, f"vstream: {message} (see --help)\n")
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (``--hours``, ``--gap-timeout``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def bar_count(text: str) -> int:
+    """``--last N``: a whole number >= 1; more than any file can hold means every bar."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return min(value, sys.maxsize)
 
 
 def _ct_val(text: str) -> tuple[str, float]:
@@ -75,19 +99,46 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=dest, type=kind, metavar="N", help=text)
 
 
+def package_version() -> str:
+    """The installed distribution's version, else the package's ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vstream")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        from .. import __version__
+
+        return __version__
+
+
 def vault_of(args: argparse.Namespace) -> Path:
     """``--vault``, else ``$VSTREAM_VAULT``, else ``./Vault`` (SPEC §2)."""
     value = args.vault or os.environ.get("VSTREAM_VAULT") or "Vault"
     return Path(value)
 
 
-def settings_of(args: argparse.Namespace) -> Settings:
-    """The settings of a command: defaults, then ``--config``, then the flags."""
+def settings_of(args: argparse.Namespace) -> tuple[Settings, frozenset[str]]:
+    """The settings of a command (defaults, then ``--config``, then the flags) and the names
+    of those the user gave, in the file or as flags: the others a resuming instrument takes
+    from its state."""
     base = load_config(args.config) if getattr(args, "config", None) else {}
     overrides: dict[str, Any] = {dest: getattr(args, dest, None) for _, dest, _, _ in _THRESHOLDS}
     overrides["ct_val"] = dict(args.ct_val) if getattr(args, "ct_val", None) else None
     overrides["timeframes"] = getattr(args, "timeframes", None)
-    return make_settings(base, **overrides)
+    given = frozenset(base) | {k for k, v in overrides.items() if v is not None}
+    return make_settings(base, **overrides), given
+
+
+def time_range(args: argparse.Namespace, now: float) -> tuple[str | None, str | None]:
+    """``--since``/``--until`` as ``timestamp_utc`` strings (``None`` when not given)."""
+    found: list[str | None] = []
+    for option in ("since", "until"):
+        text = getattr(args, option, None)
+        try:
+            found.append(parse_time(text, now) if text else None)
+        except ConfigError as exc:
+            raise ConfigError(f"--{option}: {exc}") from None
+    return found[0], found[1]
 
 
 def summary_line(inst_id: str, before: Counters, after: Counters, seconds: float) -> str:

@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..generate import generate_vault
 from ..instruments import VaultPaths
 from ..settings import Settings
+from .common import positive_number
 from .replay import replay_one
 
 DEMO_INSTRUMENTS = ("BTC-USDT-SWAP", "ETH-USDT-SWAP")
@@ -23,9 +24,14 @@ DEMO_INSTRUMENTS = ("BTC-USDT-SWAP", "ETH-USDT-SWAP")
 
 def register_demo(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the ``demo`` subcommand."""
-    demo = sub.add_parser("demo", help="generate a sample vault, replay it and show what was found")
+    demo = sub.add_parser(
+        "demo",
+        help="generate a sample vault, replay it and show what was found",
+        description="Generate a sample vault (two instruments, some bad lines), replay it with "
+        "--final and summarise what the bars show.",
+    )
     demo.add_argument("--vault", metavar="P", help="where to write the sample vault (default: a new temporary folder)")
-    demo.add_argument("--hours", type=float, default=6.0, help="hours of trades to generate (6)")
+    demo.add_argument("--hours", type=positive_number, default=6.0, help="hours of trades to generate (6)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (7)")
 
     demo.set_defaults(handler=run_demo)

@@ -14,7 +14,10 @@ from .common import add_vault_option, vault_of
 def register_import_okx(sub: Any) -> None:
     """``vstream import-okx``: OKX daily trade archives into the vault's raw trade files."""
     p = sub.add_parser(
-        "import-okx", help="import OKX daily trade archives (.zip or .csv) into the vault's trade files"
+        "import-okx",
+        help="import OKX daily trade archives (.zip or .csv) into the vault's trade files",
+        description="Turn OKX daily trade archives (.zip, or the .csv inside) into the vault's raw "
+        "trade files, so replay can backfill history. Trades already there are skipped.",
     )
     p.add_argument("archives", nargs="+", metavar="FILE", help="archive .zip or .csv files")
     add_vault_option(p)

@@ -30,6 +30,7 @@ from .common import (
     add_settings_options,
     add_vault_option,
     checkpoint_interval,
+    positive_number,
     settings_of,
     summary_line,
     vault_of,
@@ -63,7 +64,7 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
         help="append every received trade to the vault's raw files, so replay can continue",
     )
     live.add_argument(
-        "--gap-timeout", type=float, default=60.0, metavar="S",
+        "--gap-timeout", type=positive_number, default=60.0, metavar="S",
         help="seconds a trade-id gap may stay unfilled before its minutes are emitted flagged (60)",
     )
     add_settings_options(live)
@@ -99,7 +100,7 @@ def _install_signals(loop: asyncio.AbstractEventLoop, on_signal: Callable[[], No
 async def run_live(args: argparse.Namespace) -> int:
     """The ``live`` command: returns 0 after a clean stop."""
     vault = vault_of(args)
-    settings = settings_of(args)
+    settings, given = settings_of(args)
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids))
     for inst_id in inst_ids:
         kind_of(inst_id)
@@ -130,6 +131,7 @@ async def run_live(args: argparse.Namespace) -> int:
             sinks=[show],
             settings=settings,
             vault=vault,
+            given=given,
             checkpoint_interval=checkpoint_interval(),
         )
         signals = 0

@@ -39,7 +39,13 @@ T = TypeVar("T")
 
 def register_replay(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the ``replay`` subcommand."""
-    replay = sub.add_parser("replay", help="catch the vault up: trades files -> bars")
+    replay = sub.add_parser(
+        "replay",
+        help="catch the vault up: trades files -> bars",
+        description="Read each instrument's trade files from where the last run stopped, append "
+        "the new bars and print one summary line per instrument. Without --final the last minute "
+        "stays open for the next run.",
+    )
     group = replay.add_mutually_exclusive_group(required=True)
     group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
     group.add_argument("--all", action="store_true", help="every instrument with trade files in the vault")
@@ -60,8 +66,12 @@ async def replay_one(
     rebuild: bool,
     strict: bool,
     progress: Progress | None = None,
+    given: frozenset[str] | None = None,
 ) -> str:
-    """Catch one instrument up; return its summary line (``progress`` shows how far it got)."""
+    """Catch one instrument up; return its summary line (``progress`` shows how far it got).
+
+    ``given`` names the settings the user chose; the instrument's state supplies the others
+    (``None``: all of ``settings`` is chosen)."""
     source: Any = ReplaySource(vault, inst_id, final=final, strict=strict)
     if progress is not None and progress.enabled:
         source = ProgressSource(source, progress)
@@ -71,6 +81,7 @@ async def replay_one(
         settings=settings,
         vault=vault,
         rebuild=rebuild,
+        given=given,
         checkpoint_interval=checkpoint_interval(),
     )
     async with engine:
@@ -82,7 +93,7 @@ async def replay_one(
 
 async def _replay(args: argparse.Namespace) -> int:
     vault = vault_of(args)
-    settings = settings_of(args)
+    settings, given = settings_of(args)
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids or []))
     if args.all:
         inst_ids = discover(vault)
@@ -92,13 +103,13 @@ async def _replay(args: argparse.Namespace) -> int:
         kind_of(inst_id)
     workers = min(len(inst_ids), os.cpu_count() or 1)
     if workers > 1:
-        return await _replay_parallel(args, vault, settings, inst_ids, workers)
+        return await _replay_parallel(args, vault, settings, given, inst_ids, workers)
     progress = Progress(f"replay {len(inst_ids)} instrument(s)", enabled=False if args.quiet else None)
     results = await asyncio.gather(
         *(
             replay_one(
                 vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict,
-                progress=progress,
+                progress=progress, given=given,
             )
             for i in inst_ids
         ),
@@ -115,7 +126,12 @@ async def _replay(args: argparse.Namespace) -> int:
 
 
 async def _replay_parallel(
-    args: argparse.Namespace, vault: Path, settings: Settings, inst_ids: list[str], workers: int
+    args: argparse.Namespace,
+    vault: Path,
+    settings: Settings,
+    given: frozenset[str],
+    inst_ids: list[str],
+    workers: int,
 ) -> int:
     """One worker process per instrument, at most ``workers`` at a time.
 
@@ -142,7 +158,8 @@ async def _replay_parallel(
     try:
         futures = [
             loop.run_in_executor(
-                pool, _replay_worker, str(vault), i, settings, args.final, args.rebuild, args.strict
+                pool, _replay_worker, str(vault), i, settings, given, args.final, args.rebuild,
+                args.strict,
             )
             for i in inst_ids
         ]
@@ -257,7 +274,13 @@ def _worker_init(parent_pid: int, queue: Any = None) -> None:
 
 
 def _replay_worker(
-    vault: str, inst_id: str, settings: Settings, final: bool, rebuild: bool, strict: bool
+    vault: str,
+    inst_id: str,
+    settings: Settings,
+    given: frozenset[str],
+    final: bool,
+    rebuild: bool,
+    strict: bool,
 ) -> tuple[str, int]:
     """Worker-process entry of ``replay``: (summary line, 0) or (error message, exit code)."""
     logging.basicConfig(level=logging.WARNING, format="vstream: %(message)s", stream=sys.stderr)
@@ -267,7 +290,7 @@ def _replay_worker(
             lambda: _until_sigterm(
                 lambda: replay_one(
                     Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
-                    progress=relay,
+                    progress=relay, given=given,
                 )
             )
         )

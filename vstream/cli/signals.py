@@ -20,11 +20,10 @@ from ..query import (
     find_signals,
     format_table,
     known_instruments,
-    parse_time,
     signal_row,
 )
 from ..settings import TIMEFRAMES
-from .common import add_vault_option, vault_of
+from .common import add_vault_option, bar_count, time_range, vault_of
 
 
 def _tiers(text: str) -> list[str]:
@@ -37,7 +36,12 @@ def _tiers(text: str) -> list[str]:
 
 def register_signals(sub: Any) -> None:
     """``vstream signals``: print matching bars of one or more instruments."""
-    p = sub.add_parser("signals", help="print bars with signals (tier, absorption, divergence, whales)")
+    p = sub.add_parser(
+        "signals",
+        help="print bars with signals (tier, absorption, divergence, whales)",
+        description="Print the written bars of one or more instruments that show a signal (tier, "
+        "absorption, divergence, whale trades), as a table or as their JSON lines.",
+    )
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
     group.add_argument("--all", action="store_true", help="every instrument with bars in the vault")
@@ -51,7 +55,7 @@ def register_signals(sub: Any) -> None:
     p.add_argument("--whale", action="store_true", help="bars with whale trades")
     p.add_argument("--since", metavar="ISO", help="from this time (2025-12-14T21:00Z, or 6h, 2d back)")
     p.add_argument("--until", metavar="ISO", help="before this time (same forms)")
-    p.add_argument("--last", type=int, metavar="N", help="only the last N matching bars")
+    p.add_argument("--last", type=bar_count, metavar="N", help="only the last N matching bars")
     p.add_argument("--json", action="store_true", help="output lines exactly as in the bar files (JSONL)")
 
     async def handler(args: Any) -> int:
@@ -71,16 +75,13 @@ def _signals(args: Any) -> int:
         inst_ids = list(dict.fromkeys(args.inst_ids))
         for inst in inst_ids:
             kind_of(inst)
-    if args.last is not None and args.last < 1:
-        raise ConfigError("--last must be >= 1")
     flt = SignalFilter(
         tiers=frozenset(t for group in args.tiers for t in group),
         absorption=args.absorption,
         divergence=args.divergence,
         whale=args.whale,
     )
-    since = parse_time(args.since, now) if args.since else None
-    until = parse_time(args.until, now) if args.until else None
+    since, until = time_range(args, now)
     found: Iterable[tuple[Bar, bytes]] = find_signals(
         vault, inst_ids, flt, timeframe=args.timeframe, since=since, until=until
     )

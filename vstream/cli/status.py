@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from typing import Any
@@ -13,14 +14,39 @@ from ..query import STATUS_COLUMNS, format_table, parse_duration, status_row, va
 from .common import add_vault_option, vault_of
 
 
+def max_lag(text: str) -> float:
+    """``--max-lag``: a duration with its unit (``90s``, ``10m``, ``2h``, ``1d``), > 0.
+
+    A bare number is refused rather than guessed: ``10`` could mean seconds or minutes, and a
+    health check silently off by 60x is worse than a usage error.
+    """
+    value = text.strip()
+    if value.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no unit: write e.g. {value}s, {value}m, {value}h or {value}d"
+        )
+    try:
+        seconds = parse_duration(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return seconds
+
+
 def register_status(sub: Any) -> None:
     """``vstream status``: per instrument last bar, lag, counters and health; exit 1 on a problem."""
-    p = sub.add_parser("status", help="per instrument: last bar, lag, counters, health (exit 1 on a problem)")
+    p = sub.add_parser(
+        "status",
+        help="per instrument: last bar, lag, counters, health (exit 1 on a problem)",
+        description="Per instrument: the last written bar, its lag, the counters and health. Exit "
+        "0 when every instrument is healthy, 1 when any has a problem, 2 on a usage error.",
+    )
     add_vault_option(p)
     p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID",
                    help="only these instruments (default: all in the vault)")
-    p.add_argument("--max-lag", metavar="DURATION", type=parse_duration,
-                   help="a problem when the last 1m bar ended longer ago than this (e.g. 10m); off by default")
+    p.add_argument("--max-lag", metavar="DURATION", type=max_lag,
+                   help="a problem when the last 1m bar ended longer ago than this (90s, 10m, 2h, 1d); off by default")
     p.add_argument("--json", action="store_true", help="one JSON object per instrument")
     p.add_argument("--no-remember", action="store_true",
                    help="do not save the rejects count for the next status to compare with")
