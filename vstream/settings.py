@@ -79,6 +79,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for tf in self.timeframes:
             if tf not in TIMEFRAMES:
                 raise ConfigError(f"unknown timeframe {tf!r}; choose from " + ", ".join(TIMEFRAMES))
+        repeated = sorted({tf for tf in self.timeframes if self.timeframes.count(tf) > 1})
+        if repeated:
+            raise ConfigError(f"timeframes names {', '.join(repeated)} more than once")
         if "1m" not in self.timeframes:
             raise ConfigError("timeframes must include 1m (the other timeframes are resumed with it)")
 

@@ -301,3 +301,22 @@ def test_a_ct_val_only_the_state_knows_need_not_be_repeated(vault: Path, run_cli
     assert status == 0, err
     bars = [json.loads(x) for x in VaultPaths.of(vault, inst).output().read_text().splitlines()]
     assert [b["total_volume"] for b in bars] == ["300"] * 10  # 3 trades x 4 x 10 x 2.5 a minute
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_a_timeframe_named_twice_is_refused_before_anything_is_stored(
+    vault: Path, run_cli: RunCli, tmp_path: Path, how: str
+) -> None:
+    # Stored as given, "1m,1m,5m" would later clash with every run naming "1m,5m".
+    write(vault, 30)
+    if how == "flag":
+        args: tuple[str, ...] = ("--timeframes", "1m,1m,5m")
+    else:
+        config = tmp_path / "twice.toml"
+        config.write_text('timeframes = ["1m", "5m", "1m"]\n')
+        args = ("--config", str(config))
+    status, _, err = replay(run_cli, vault, "--rebuild", *args)
+    assert status == 2 and len(err.splitlines()) == 1 and "1m" in err and "more than once" in err
+    assert not VaultPaths.of(vault, INST).state.exists()
+    status, _, err = replay(run_cli, vault, "--timeframes", "1m,5m")
+    assert status == 0, err

@@ -79,6 +79,8 @@ def _timeframes(text: str) -> tuple[str, ...]:
     for tf in items:
         if tf not in TIMEFRAMES:
             raise argparse.ArgumentTypeError(f"unknown timeframe {tf!r}; choose from {','.join(TIMEFRAMES)}")
+        if items.count(tf) > 1:
+            raise argparse.ArgumentTypeError(f"timeframe {tf} is named more than once")
     return items
 
 
