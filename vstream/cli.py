@@ -23,6 +23,7 @@ from .engine import Engine
 from .errors import ConfigError, VStreamError
 from .instruments import discover, kind_of
 from .live import register_live
+from .nats.commands import register_ingest, register_publish, register_worker
 from .progress import Progress, ProgressSource
 from .query import register_signals, register_status
 from .settings import TIMEFRAMES, Settings, load_config, make_settings
@@ -117,6 +118,9 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_status,
     register_chart,
     register_live,
+    register_ingest,
+    register_publish,
+    register_worker,
 ]
 
 
