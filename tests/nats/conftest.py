@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install -e '.[test]')")
 
-from vstream.testing.nats_server import NatsServer, find_nats_server  # noqa: E402
+from vstream.testing.nats_server import NatsServer, find_nats_server
 
 if find_nats_server() is None:
     pytest.skip(

@@ -47,10 +47,10 @@ def local_output(vault: Path, inst_id: str, tf: str = "1m") -> bytes:
     return VaultPaths.of(vault, inst_id).output(tf).read_bytes()
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    """Poll ``predicate`` (sync or async) until true; fail after ``timeout`` seconds."""
+async def wait_for(predicate: Callable[[], Any], seconds: float, what: str) -> None:
+    """Poll ``predicate`` (sync or async) until true; fail after ``seconds``."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + seconds
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):
@@ -58,5 +58,5 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> N
         if result:
             return
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(0.05)

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 from nats_support import bar_lines, local_output, read_subjects, wait_for
 
 from vstream.cli import main

@@ -90,7 +90,7 @@ async def publish_batch(
     messages: list[Message],
     *,
     fence: tuple[str, int] | None = None,
-    timeout: float = 5.0,
+    ack_wait: float = 5.0,
     what: str = "batch",
 ) -> PubAck:
     """Publish ``messages`` as one atomic batch; return the commit's PubAck.
@@ -116,7 +116,7 @@ async def publish_batch(
                 await nc.publish(message.subject, message.body, headers=headers)
                 continue
             headers[H_BATCH_COMMIT] = "1"
-            reply = await nc.request(message.subject, message.body, timeout=timeout, headers=headers)
+            reply = await nc.request(message.subject, message.body, timeout=ack_wait, headers=headers)
     except VStreamError:
         raise
     except Exception as exc:
@@ -129,7 +129,7 @@ async def publish_one(
     message: Message,
     *,
     expect_subject_seq: int | None = None,
-    timeout: float = 5.0,
+    ack_wait: float = 5.0,
     what: str = "message",
 ) -> PubAck:
     """Publish one message and wait for its PubAck (optionally fenced on its own subject)."""
@@ -137,7 +137,7 @@ async def publish_one(
     if expect_subject_seq is not None:
         headers[H_EXPECT_SUBJECT_SEQ] = str(expect_subject_seq)
     try:
-        reply = await nc.request(message.subject, message.body, timeout=timeout, headers=headers)
+        reply = await nc.request(message.subject, message.body, timeout=ack_wait, headers=headers)
     except Exception as exc:
         raise translate(exc, f"publishing {what}") from exc
     return check_ack(decode_ack(reply.data), what)

@@ -18,7 +18,6 @@ Layout on the server:
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +105,7 @@ def translate(exc: BaseException, doing: str) -> VStreamError:
     return SourceError(f"NATS: {doing}: {text}")
 
 
-async def connect(url: str, *, name: str = "vstream", timeout: float = 5.0) -> Client:
+async def connect(url: str, *, name: str = "vstream", connect_wait: float = 5.0) -> Client:
     """Connect to ``url`` (comma-separated for a cluster), check the server, return the client.
 
     A server older than 2.12 or without JetStream is a :class:`ConfigError`; an unreachable one
@@ -125,13 +124,13 @@ async def connect(url: str, *, name: str = "vstream", timeout: float = 5.0) -> C
         nc: Client = await nats.connect(
             servers=servers,
             name=name,
-            connect_timeout=timeout,
+            connect_timeout=connect_wait,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
             error_cb=quiet,
         )
-    except (OSError, TimeoutError, asyncio.TimeoutError, nats.errors.Error) as exc:
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise SourceError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
     try:
         info = getattr(nc, "_server_info", {}) or {}

@@ -239,7 +239,7 @@ async def publish_vault(
     *,
     final: bool = False,
     chunk_bytes: int = 1 << 20,
-    timeout: float = 10.0,
+    ack_wait: float = 10.0,
 ) -> PublishSummary:
     """Publish the trades of ``inst_id``'s raw files that the stream does not have yet.
 
@@ -261,7 +261,7 @@ async def publish_vault(
         if state.pos is not None:
             source.resume({inst_id: await asyncio.to_thread(resume_positions, paths.raw_dir, state.pos)})
         try:
-            await _publish_batches(nc, inst_id, source, state, summary, timeout)
+            await _publish_batches(nc, inst_id, source, state, summary, ack_wait)
             return summary
         except _Restart:
             continue
@@ -275,7 +275,7 @@ async def _publish_batches(
     source: ReplaySource,
     state: SubjectState,
     summary: PublishSummary,
-    timeout: float,
+    ack_wait: float,
 ) -> None:
     subject = trades_subject(inst_id)
     last: tuple[str, FilePos] | None = None
@@ -294,7 +294,7 @@ async def _publish_batches(
         message, top = planned
         try:
             ack = await publish_one(
-                nc, message, expect_subject_seq=state.seq, timeout=timeout, what=f"{inst_id} trades"
+                nc, message, expect_subject_seq=state.seq, ack_wait=ack_wait, what=f"{inst_id} trades"
             )
         except FencedError:
             fresh = SubjectState.of(await last_message(nc, TRADES_STREAM, subject))
@@ -320,9 +320,9 @@ class TradeIngester:
     batch, and the stream keeps each trade once.
     """
 
-    def __init__(self, nc: Client, *, timeout: float = 10.0) -> None:
+    def __init__(self, nc: Client, *, ack_wait: float = 10.0) -> None:
         self._nc = nc
-        self._timeout = timeout
+        self._ack_wait = ack_wait
         self._states: dict[str, SubjectState] = {}
         self.published = 0
         self.trades = 0
@@ -347,7 +347,7 @@ class TradeIngester:
             message, top = planned
             try:
                 ack = await publish_one(
-                    self._nc, message, expect_subject_seq=state.seq, timeout=self._timeout,
+                    self._nc, message, expect_subject_seq=state.seq, ack_wait=self._ack_wait,
                     what=f"{inst_id} trades",
                 )
             except FencedError:

@@ -226,13 +226,13 @@ class NatsWorker:
             if running.task.done():
                 self.running.pop(inst_id, None)
                 held = self.book.drop(inst_id)
-                exc = running.task.exception() if not running.task.cancelled() else None
-                if isinstance(exc, LeaseLostError):
+                failure = running.task.exception() if not running.task.cancelled() else None
+                if isinstance(failure, LeaseLostError):
                     self.lost.append(inst_id)
-                elif isinstance(exc, ConfigError):
-                    self._fatal = exc
-                elif exc is not None:
-                    log.warning("%s: %s", inst_id, exc)
+                elif isinstance(failure, ConfigError):
+                    self._fatal = failure
+                elif failure is not None:
+                    log.warning("%s: %s", inst_id, failure)
                     if held is not None:
                         with contextlib.suppress(Exception):
                             await self._leases.delete(inst_id, last=held.revision)
@@ -320,7 +320,7 @@ class NatsWorker:
                     self.nc,
                     step.messages(),
                     fence=(ckpt_subject(core.inst_id), fence),
-                    timeout=self.publish_timeout,
+                    ack_wait=self.publish_timeout,
                     what=f"{core.inst_id} bars",
                 )
             except FencedError as exc:
