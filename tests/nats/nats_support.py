@@ -7,7 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vstream.cli import main
 from vstream.instruments import VaultPaths
+
+
+async def replay_final(vault: Path, *insts: str, extra: tuple[str, ...] = ()) -> None:
+    """The local reference: ``vstream replay --final`` (in a thread: the test owns the loop)."""
+    args = ["-q", "replay", "--vault", str(vault), "--final", *extra]
+    for inst in insts:
+        args += ["--instId", inst]
+    assert await asyncio.to_thread(main, args) == 0
 
 
 async def read_subjects(nc: Any, stream: str, subject: str) -> list[tuple[str, bytes, dict[str, str]]]:

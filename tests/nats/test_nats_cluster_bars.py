@@ -7,9 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nats_support import bar_lines, local_output, read_subjects, wait_for
+from nats_support import bar_lines, local_output, read_subjects, replay_final, wait_for
 
-from vstream.cli import main
 from vstream.generate import generate_vault
 from vstream.nats.connect import BARS_STREAM, ensure_streams
 from vstream.nats.ingest import encode_trades, publish_vault
@@ -18,14 +17,6 @@ from vstream.settings import Settings
 from vstream.sources.replay import ReplaySource
 
 BTC, ETH = "BTC-USDT-SWAP", "ETH-USDT-SWAP"
-
-
-async def replay_final(vault: Path, *insts: str, extra: tuple[str, ...] = ()) -> None:
-    """The local reference: ``vstream replay --final`` (in a thread: this test owns the loop)."""
-    args = ["-q", "replay", "--vault", str(vault), "--final", *extra]
-    for inst in insts:
-        args += ["--instId", inst]
-    assert await asyncio.to_thread(main, args) == 0
 
 
 async def test_two_workers_write_the_bars_of_a_local_final_replay(nc: Any, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ..errors import SinkError, VStreamError
-from .connect import ERR_WRONG_LAST_SEQUENCE, translate
+from .connect import ERR_BATCH_DUPLICATE_MSG_ID, ERR_WRONG_LAST_SEQUENCE, translate
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -80,7 +80,9 @@ def check_ack(ack: PubAck, what: str) -> PubAck:
     """``ack`` if the server stored the message(s); :class:`FencedError` or :class:`SinkError`."""
     if ack.error is None:
         return ack
-    if ack.error.err_code == ERR_WRONG_LAST_SEQUENCE:
+    # A bar id already stored means another worker wrote it: the server checks ids before
+    # the fence, so this is the fence failing too.
+    if ack.error.err_code in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE_MSG_ID):
         raise FencedError(f"{what}: {ack.error.description}")
     raise SinkError(f"NATS refused {what}: {ack.error.description} (code {ack.error.err_code})")
 

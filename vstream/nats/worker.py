@@ -227,9 +227,7 @@ class NatsWorker:
                 self.running.pop(inst_id, None)
                 held = self.book.drop(inst_id)
                 failure = running.task.exception() if not running.task.cancelled() else None
-                if isinstance(failure, LeaseLostError):
-                    self.lost.append(inst_id)
-                elif isinstance(failure, ConfigError):
+                if isinstance(failure, ConfigError):
                     self._fatal = failure
                 elif failure is not None:
                     log.warning("%s: %s", inst_id, failure)
@@ -268,7 +266,7 @@ class NatsWorker:
                 await self._workers.delete(self.worker_id)
 
     def _start_instrument(self, inst_id: str) -> None:
-        task = asyncio.create_task(self._work(inst_id), name=f"vstream-worker-{inst_id}")
+        task = asyncio.create_task(self._guarded(inst_id), name=f"vstream-worker-{inst_id}")
         self.running[inst_id] = _Running(task)
 
     async def _stop_instrument(self, inst_id: str, *, checkpoint: bool) -> None:
@@ -287,6 +285,16 @@ class NatsWorker:
             await running.task
 
     # -- one instrument ---------------------------------------------------------------------
+
+    async def _guarded(self, inst_id: str) -> None:
+        try:
+            await self._work(inst_id)
+        except LeaseLostError:
+            # Another worker owns the instrument now: forget it at once (its lease key is not
+            # ours to delete) and write nothing more for it.
+            self.lost.append(inst_id)
+            self.book.drop(inst_id)
+            self.running.pop(inst_id, None)
 
     async def _work(self, inst_id: str) -> None:
         running = self.running[inst_id]
