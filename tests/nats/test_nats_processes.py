@@ -36,7 +36,7 @@ TFS = ("1m", "5m")
 class Worker:
     """A ``vstream worker`` process with its stderr in a file."""
 
-    def __init__(self, url: str, worker_id: str, logs: Path) -> None:
+    def __init__(self, url: str, worker_id: str, logs: Path, extra: tuple[str, ...] = ()) -> None:
         self.worker_id = worker_id
         self.log = logs / f"{worker_id}.log"
         env = dict(os.environ, VSTREAM_CHECKPOINT_INTERVAL="0.1")
@@ -44,7 +44,7 @@ class Worker:
             self.process = subprocess.Popen(
                 [
                     sys.executable, "-m", "vstream", "worker", "--nats", url,
-                    "--worker-id", worker_id, "--lease-ttl", str(TTL), "--timeframes", ",".join(TFS),
+                    "--worker-id", worker_id, "--lease-ttl", str(TTL), "--timeframes", ",".join(TFS), *extra,
                 ],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
             )

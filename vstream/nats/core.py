@@ -283,6 +283,10 @@ class LeaseBook:
         plan.renew = [i for i in plan.renew if i not in plan.release]
         return plan
 
+    def expired(self, now: float) -> list[str]:
+        """Held leases whose last write is ``ttl`` or more ago (no I/O needed to know)."""
+        return sorted(i for i, h in self.held.items() if now - h.renewed_at >= self.ttl)
+
     def acquired(self, inst_id: str, revision: int, sent_at: float) -> None:
         self.held[inst_id] = Held(revision, sent_at)
 

@@ -144,7 +144,15 @@ class NatsWorker:
         tick = max(0.05, min(1.0, self.book.ttl / 6))
         try:
             while not stop.is_set():
-                await self._round()
+                await self._expire()
+                try:
+                    await self._round()
+                except ConfigError:
+                    raise
+                except VStreamError as exc:
+                    # The server may be failing over or unreachable for a moment: the leases
+                    # expire locally meanwhile (above), so nothing is written without one.
+                    log.warning("%s: %s; trying again", self.worker_id, exc)
                 if self._fatal is not None:
                     raise self._fatal
                 with contextlib.suppress(TimeoutError):
@@ -171,20 +179,28 @@ class NatsWorker:
         except NoKeysError:
             return []
 
+    async def _expire(self) -> None:
+        for inst_id in self.book.expired(self.clock()):
+            log.warning("%s: the lease was not renewed within %g s; giving the instrument up", inst_id, self.book.ttl)
+            self.book.drop(inst_id)
+            await self._stop_instrument(inst_id, checkpoint=False)
+
     async def _round(self) -> None:
         from nats.js.errors import KeyWrongLastSequenceError
 
         assert self._leases is not None and self._workers is not None
         now = self.clock()
         await self._announce(now)
-        instruments = await self._instruments()
-        taken = set(await self._keys(self._leases))
-        workers = max(1, len(await self._keys(self._workers)))
-        plan = self.book.plan(now, instruments, taken, workers)
-        for inst_id in plan.expired:
-            log.warning("%s: the lease was not renewed within %g s; giving the instrument up", inst_id, self.book.ttl)
-            self.book.drop(inst_id)
-            await self._stop_instrument(inst_id, checkpoint=False)
+        try:
+            instruments = await self._instruments()
+            taken = set(await self._keys(self._leases))
+            workers = max(1, len(await self._keys(self._workers)))
+        except VStreamError:
+            raise
+        except Exception as exc:
+            raise translate(exc, "reading the leases") from exc
+        await self._expire()
+        plan = self.book.plan(self.clock(), instruments, taken, workers)
         for inst_id in plan.release:
             await self._stop_instrument(inst_id, checkpoint=True)
             held = self.book.drop(inst_id)
