@@ -71,6 +71,11 @@ def decode_checkpoint(body: bytes, inst_id: str) -> Checkpoint:
     return ckpt
 
 
+def stamps_span(stamps: list[int]) -> int:
+    """Distinct minutes a list of trade stamps can touch (its span in minutes, inclusive)."""
+    return max(stamps) // MINUTE_MS - min(stamps) // MINUTE_MS + 1
+
+
 def bar_start_ms(bar: Bar) -> int:
     """The bar's period start in epoch milliseconds (from ``timestamp_utc``)."""
     return calendar.timegm(time.strptime(bar.timestamp_utc, "%Y-%m-%dT%H:%M:%SZ")) * 1000
@@ -150,16 +155,18 @@ class InstrumentCore:
             written_ms=now_ms,
         )
 
-    def _slices(self, trades: list[Trade]) -> list[int]:
+    def _slices(self, trades: list[Trade], stamps: list[int]) -> list[int]:
         """Cut points so no slice can finish more bars than one batch holds."""
         limit = MAX_BARS_PER_BATCH // self._tfs - 1
-        if len(trades) <= limit:
+        # A finished 1m bar needs a trade of a later minute, so a message finishes at most one
+        # bar per distinct minute it holds: bounded by its span of minutes.
+        if not stamps or stamps_span(stamps) <= limit:
             return [len(trades)]
         cuts: list[int] = []
         changes = 0
         previous = -1
-        for index, trade in enumerate(trades):
-            minute = trade.ts // MINUTE_MS
+        for index, ts in enumerate(stamps):
+            minute = ts // MINUTE_MS
             if minute != previous:
                 # A 1m bar is finished only by a trade of another minute than the one before.
                 if changes >= limit:
@@ -194,14 +201,13 @@ class InstrumentCore:
         steps: list[Step] = []
         start = skip
         rest = trades[skip:] if skip else trades
-        for cut in self._slices(rest):
+        stamps = [t.ts for t in rest]
+        if stamps:
+            self.trade_ts = max(self.trade_ts, max(stamps))
+        for cut in self._slices(rest, stamps):
             stop = skip + cut
             if stop > start:
-                chunk = trades[start:stop]
-                bars += assembler.feed(chunk)
-                newest = max(t.ts for t in chunk)
-                if newest > self.trade_ts:
-                    self.trade_ts = newest
+                bars += assembler.feed(trades[start:stop] if start or stop < len(trades) else trades)
             start = stop
             if start < len(trades) and bars:
                 self.part = start

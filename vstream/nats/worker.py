@@ -372,6 +372,17 @@ class NatsWorker:
         decoder = LineDecoder(inst_id)
         last_checkpoint = time.monotonic()
         unsaved = False
+        # The batch of one message is in flight while the next message is decoded and fed:
+        # its fence (the checkpoint's sequence) is awaited only before the next publish.
+        inflight: asyncio.Task[int] | None = None
+
+        async def settle(fence: int) -> int:
+            nonlocal inflight
+            if inflight is None:
+                return fence
+            task, inflight = inflight, None
+            return await task
+
         try:
             while True:
                 if running.stop.is_set():
@@ -381,6 +392,7 @@ class NatsWorker:
                 except NatsTimeout:
                     msg = None
                 if msg is None:
+                    fence = await settle(fence)
                     if unsaved and time.monotonic() - last_checkpoint >= self.checkpoint_interval:
                         fence = await self._publish(core, [Step([], core.checkpoint(self._ms()))], fence)
                         last_checkpoint, unsaved = time.monotonic(), False
@@ -414,9 +426,11 @@ class NatsWorker:
                     steps = steps[:-1]
                     unsaved = True
                 if steps:
-                    fence = await self._publish(core, steps, fence)
+                    fence = await settle(fence)
+                    inflight = asyncio.ensure_future(self._publish(core, steps, fence))
                     if steps[-1].checkpoint.seq == core.seq and steps[-1].checkpoint.part == 0:
                         last_checkpoint, unsaved = time.monotonic(), False
+            fence = await settle(fence)
             if unsaved:
                 await self._publish(core, [Step([], core.checkpoint(self._ms()))], fence)
         except VStreamError:
@@ -426,6 +440,8 @@ class NatsWorker:
         except Exception as exc:
             raise translate(exc, f"working {inst_id}") from exc
         finally:
+            if inflight is not None and not inflight.done():
+                inflight.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
