@@ -18,6 +18,8 @@ Layout on the server:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -120,18 +122,34 @@ async def connect(url: str, *, name: str = "vstream", connect_wait: float = 5.0)
         # Reconnects are the client's business; failures surface as errors of the calls.
         return None
 
+    from nats.aio.client import Client as NatsClient
+
+    nc: Client = NatsClient()
     try:
-        nc: Client = await nats.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=connect_wait,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.2,
-            error_cb=quiet,
-        )
+        # The client would retry an unreachable server for ever: the first connection has a
+        # deadline (reconnects later are unbounded, as a long-running worker needs).
+        async with asyncio.timeout(connect_wait + 1):
+            # (nats-py annotates these waits as int; it takes seconds as float)
+            options: dict[str, Any] = {"connect_timeout": connect_wait, "reconnect_time_wait": 0.2}
+            await nc.connect(
+                servers=servers,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                error_cb=quiet,
+                **options,
+            )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
-        raise SourceError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
+        last = getattr(nc, "_err", None)
+        with contextlib.suppress(Exception):
+            await nc.close()
+        if isinstance(exc, TimeoutError):
+            why = f"no server answered within {connect_wait + 1:g} s"
+            if last is not None:
+                why += f" (last error: {str(last) or type(last).__name__})"
+        else:
+            why = str(exc) or type(exc).__name__
+        raise SourceError(f"cannot connect to NATS at {url}: {why}") from exc
     try:
         info = getattr(nc, "_server_info", {}) or {}
         check_server_version(str(info.get("version", "0.0.0")), url)
