@@ -85,3 +85,44 @@ async def test_two_ingesters_publish_each_trade_once(nc: Any) -> None:
     total = sum(pushed.values())
     assert sum(i.trades for i in ingesters) == total
     assert all(i.trades + i.dropped == total for i in ingesters), [(i.trades, i.dropped) for i in ingesters]
+
+
+async def test_ingest_shares_contract_values_and_workers_use_them(nc: Any) -> None:
+    """An instrument no built-in table knows: the worker takes ctVal from what ingest shared."""
+    from vstream.instruments import CachedInstrument
+    from vstream.nats.batch import Message, publish_one
+    from vstream.nats.connect import BARS_STREAM, instruments_bucket, trades_subject
+    from vstream.nats.ingest import H_END, encode_trades
+    from vstream.nats.worker import NatsWorker
+    from vstream.settings import Settings
+    from vstream.testing import make_trade
+
+    inst = "ABC-USDT-SWAP"
+    await ensure_streams(nc.jetstream())
+    bucket = await instruments_bucket(nc.jetstream())
+    row = CachedInstrument(instId=inst, ctVal="7", ctType="linear", instType="SWAP", settleCcy="USDT")
+    await bucket.put(inst, msgspec.json.encode(row))
+    body = encode_trades([make_trade(1, "2", 3, ts=1_765_748_040_000, inst_id=inst)])
+    await publish_one(nc, Message(trades_subject(inst), body, {}))
+    await publish_one(nc, Message(trades_subject(inst), b"", {H_END: "1"}))
+    stop = asyncio.Event()
+    worker = NatsWorker(nc, Settings(), worker_id="w", lease_ttl=2.0)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_for(lambda: worker.bars >= 1, 10, "the bar")
+    finally:
+        stop.set()
+        await task
+    bars = await read_subjects(nc, BARS_STREAM, "vstream.bars.>")
+    assert msgspec.json.decode(bars[0][1])["total_volume"] == "42"  # 3 contracts x 7 x $2
+
+
+async def test_ingest_command_puts_okx_rows_in_the_bucket(nats_server: Any, nc: Any) -> None:
+    from vstream.nats.commands import _share_instruments
+    from vstream.nats.connect import instruments_bucket
+
+    async with FakeOkxServer() as okx, OkxRest(okx.rest_url) as rest:
+        await _share_instruments(nc, rest, [BTC, ETH], 1)
+    bucket = await instruments_bucket(nc.jetstream())
+    entry = await bucket.get(BTC)
+    assert entry.value is not None and msgspec.json.decode(entry.value)["ctVal"] == str(okx.instruments[BTC]["ctVal"])

@@ -130,6 +130,7 @@ async def _ingest(args: argparse.Namespace) -> int:
         nc = await connect(args.nats, name="vstream-ingest")
         try:
             await ensure_streams(nc.jetstream(), replicas=args.replicas)
+            await _share_instruments(nc, rest, inst_ids, args.replicas)
             source = OkxSource(
                 inst_ids, channel=args.channel, ws_url=args.ws_url, rest=rest,
                 grace=settings.grace, gap_timeout=args.gap_timeout,
@@ -151,6 +152,34 @@ async def _ingest(args: argparse.Namespace) -> int:
     finally:
         await rest.aclose()
     return 0
+
+
+async def _share_instruments(nc: Any, rest: Any, inst_ids: list[str], replicas: int) -> None:
+    """Put OKX's rows of ``inst_ids`` (``ctVal``) in ``VSTREAM_INSTRUMENTS`` for the workers."""
+    import msgspec
+
+    from ..instruments import CachedInstrument, Kind
+    from .connect import instruments_bucket
+
+    kinds = {kind_of(i) for i in inst_ids} - {Kind.SPOT}
+    names = {Kind.SWAP: "SWAP", Kind.FUTURES: "FUTURES"}
+    wanted = set(inst_ids)
+    rows: list[CachedInstrument] = []
+    try:
+        for kind in sorted(kinds, key=lambda k: k.name):
+            for row in await rest.instruments(names[kind]):
+                inst = row.get("instId")
+                if inst in wanted:
+                    rows.append(CachedInstrument(
+                        instId=inst, ctVal=str(row.get("ctVal") or ""), ctType=str(row.get("ctType") or ""),
+                        instType=str(row.get("instType") or ""), settleCcy=str(row.get("settleCcy") or ""),
+                    ))
+    except SourceError as exc:
+        log.warning("could not fetch OKX's instrument list (%s); workers use their own ctVal", exc)
+        return
+    bucket = await instruments_bucket(nc.jetstream(), replicas=replicas)
+    for row in rows:
+        await bucket.put(row.instId, msgspec.json.encode(row))
 
 
 def register_worker(sub: argparse._SubParsersAction[Any]) -> None:

@@ -13,7 +13,9 @@ Layout on the server:
   ``vstream.ckpt.<instId>`` — one stream, so one atomic batch holds bars and checkpoint;
 * key-value bucket ``VSTREAM_LEASES`` (key = instId): who works an instrument; a key expires
   ``lease_ttl`` after its last renewal (server time, so machines' clocks need not agree);
-* key-value bucket ``VSTREAM_WORKERS`` (key = worker id): live workers and what they do.
+* key-value bucket ``VSTREAM_WORKERS`` (key = worker id): live workers and what they do;
+* key-value bucket ``VSTREAM_INSTRUMENTS`` (key = instId): OKX's instrument rows (``ctVal``),
+  written by ``ingest``, so workers on any machine know every contract size.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ TRADES_STREAM = "VSTREAM_TRADES"
 BARS_STREAM = "VSTREAM_BARS"
 LEASES_BUCKET = "VSTREAM_LEASES"
 WORKERS_BUCKET = "VSTREAM_WORKERS"
+INSTRUMENTS_BUCKET = "VSTREAM_INSTRUMENTS"
 TRADES_PREFIX = "vstream.trades."
 BARS_PREFIX = "vstream.bars."
 CKPT_PREFIX = "vstream.ckpt."
@@ -234,3 +237,19 @@ async def lease_buckets(
             raise translate(exc, f"opening bucket {bucket}") from exc
         out.append(kv)
     return out[0], out[1]
+
+
+async def instruments_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
+    """The bucket of instrument rows (created if absent)."""
+    from nats.js.api import KeyValueConfig, StorageType
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    try:
+        try:
+            return await js.key_value(INSTRUMENTS_BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            return await js.create_key_value(
+                KeyValueConfig(bucket=INSTRUMENTS_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas)
+            )
+    except Exception as exc:
+        raise translate(exc, f"opening bucket {INSTRUMENTS_BUCKET}") from exc

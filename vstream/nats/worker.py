@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..errors import ConfigError, LeaseLostError, VStreamError
-from ..instruments import InstrumentCache, resolve
+from ..instruments import CachedInstrument, InstrumentCache, resolve
 from ..settings import Settings
 from ..trades import LineDecoder
 from .batch import FencedError, last_message, publish_batch
@@ -312,9 +312,28 @@ class NatsWorker:
             self.book.drop(inst_id)
             self.running.pop(inst_id, None)
 
+    async def _instrument_cache(self, inst_id: str) -> InstrumentCache | None:
+        """The given cache, or the row ``ingest`` shared in ``VSTREAM_INSTRUMENTS``."""
+        if self.cache is not None and inst_id in self.cache.instruments:
+            return self.cache
+        from .connect import instruments_bucket
+
+        try:
+            bucket = await instruments_bucket(self.nc.jetstream(), replicas=self.replicas)
+            entry = await bucket.get(inst_id)
+        except Exception:
+            return self.cache  # no shared row: overrides and the built-in table decide
+        if not entry.value:
+            return self.cache
+        try:
+            row = msgspec.json.decode(entry.value, type=CachedInstrument)
+        except msgspec.DecodeError:
+            return self.cache
+        return InstrumentCache(instruments={inst_id: row})
+
     async def _work(self, inst_id: str) -> None:
         running = self.running[inst_id]
-        instrument = resolve(inst_id, self.settings.ct_val, self.cache)
+        instrument = resolve(inst_id, self.settings.ct_val, await self._instrument_cache(inst_id))
         subject = ckpt_subject(inst_id)
         # Load and take over (retry if the previous owner wrote in between).
         for _attempt in range(10):
