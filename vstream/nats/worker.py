@@ -48,7 +48,15 @@ from .connect import (
     trades_subject,
     translate,
 )
-from .core import Checkpoint, InstrumentCore, LeaseBook, Step, checkpoint_message, decode_checkpoint
+from .core import (
+    MAX_BARS_PER_BATCH,
+    Checkpoint,
+    InstrumentCore,
+    LeaseBook,
+    Step,
+    checkpoint_message,
+    decode_checkpoint,
+)
 from .ingest import H_END, H_GAP, H_NOW
 
 if TYPE_CHECKING:
@@ -56,6 +64,9 @@ if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
 log = logging.getLogger("vstream")
+
+#: While catching up, bars of this many seconds of messages go out as one batch.
+_MERGE_SECONDS = 0.1
 
 
 class WorkerInfo(msgspec.Struct, kw_only=True):
@@ -402,6 +413,18 @@ class NatsWorker:
             task, inflight = inflight, None
             return await task
 
+        held: list[Step] = []  # at most one: the merged steps not yet published
+        held_since = 0.0
+
+        async def flush(fence: int) -> int:
+            nonlocal inflight
+            if not held:
+                return fence
+            fence = await settle(fence)
+            step = held.pop()
+            inflight = asyncio.ensure_future(self._publish(core, [step], fence))
+            return fence
+
         try:
             while True:
                 if running.stop.is_set():
@@ -411,6 +434,7 @@ class NatsWorker:
                 except NatsTimeout:
                     msg = None
                 if msg is None:
+                    fence = await flush(fence)
                     fence = await settle(fence)
                     if unsaved and time.monotonic() - last_checkpoint >= self.checkpoint_interval:
                         fence = await self._publish(core, [Step([], core.checkpoint(self._ms()))], fence)
@@ -441,14 +465,26 @@ class NatsWorker:
                 if not steps:
                     continue
                 due = time.monotonic() - last_checkpoint >= self.checkpoint_interval
-                if not steps[-1].bars and not due:
+                if not steps[-1].bars and not due and not held:
                     steps = steps[:-1]
                     unsaved = True
-                if steps:
-                    fence = await settle(fence)
-                    inflight = asyncio.ensure_future(self._publish(core, steps, fence))
-                    if steps[-1].checkpoint.seq == core.seq and steps[-1].checkpoint.part == 0:
+                for step in steps:
+                    # Steps are merged while catching up: an atomic commit costs the server
+                    # milliseconds, so one per message would bound a backfill's speed.
+                    if held and len(held[0].bars) + len(step.bars) > MAX_BARS_PER_BATCH:
+                        fence = await flush(fence)
+                    if held:
+                        held[0] = Step(held[0].bars + step.bars, step.checkpoint)
+                    else:
+                        held.append(step)
+                        held_since = time.monotonic()
+                if held and (
+                    running.pending == 0 or time.monotonic() - held_since >= _MERGE_SECONDS
+                ):
+                    fence = await flush(fence)
+                    if core.part == 0:
                         last_checkpoint, unsaved = time.monotonic(), False
+            fence = await flush(fence)
             fence = await settle(fence)
             if unsaved:
                 await self._publish(core, [Step([], core.checkpoint(self._ms()))], fence)
