@@ -495,8 +495,12 @@ class NatsWorker:
         except Exception as exc:
             raise translate(exc, f"working {inst_id}") from exc
         finally:
-            if inflight is not None and not inflight.done():
-                inflight.cancel()
+            if inflight is not None:
+                if inflight.done():
+                    if not inflight.cancelled():
+                        inflight.exception()  # seen: an error here is already on its way up
+                else:
+                    inflight.cancel()
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
