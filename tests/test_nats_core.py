@@ -240,3 +240,17 @@ def test_vault_messages_follow_the_position() -> None:
     marker = vault_message(state, BTC, [], end)
     assert marker is not None and marker[0].headers[H_END] == "1"
     assert SubjectState.of((9, marker[0].headers, b"")).pos == end
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [(10071, "FencedError"), (10201, "FencedError"), (10210, "BatchBusyError"), (10077, "SinkError")],
+)
+def test_refusals_are_classified(code: int, kind: str) -> None:
+    from vstream.nats.batch import check_ack, decode_ack
+
+    ack = decode_ack(b'{"error":{"code":400,"err_code":%d,"description":"x"},"stream":"S","seq":0}' % code)
+    with pytest.raises(Exception) as info:
+        check_ack(ack, "bars")
+    assert type(info.value).__name__ == kind
+    assert check_ack(decode_ack(b'{"stream":"S","seq":5}'), "bars").seq == 5

@@ -101,3 +101,23 @@ async def test_a_worker_whose_lease_expired_gives_the_instrument_up(nc: Any, tmp
     await replay_final(local, BTC)
     messages = await read_subjects(nc, BARS_STREAM, "vstream.bars.>")
     assert bar_lines(messages, BTC) == local_output(local, BTC)
+
+
+async def test_many_instruments_commit_at_once(nc: Any) -> None:
+    """A minute closing on hundreds of instruments: every batch is stored (none refused as busy)."""
+    await ensure_streams(nc.jetstream())
+    instrument = resolve(BTC)
+
+    async def one(k: int) -> int:
+        core = InstrumentCore(instrument, Settings(), owner="A")
+        step = core.feed(1, [make_trade(1, "100", 1, ts=T0)], end=True)[-1]
+        messages = step.messages()
+        for message in messages:
+            message.subject = message.subject.replace(BTC, f"X{k}-USDT-SWAP")
+            if "Nats-Msg-Id" in message.headers:
+                message.headers["Nats-Msg-Id"] += f":{k}"
+        ack = await publish_batch(nc, messages, fence=(f"vstream.ckpt.X{k}-USDT-SWAP", 0))
+        return ack.count
+
+    counts = await asyncio.gather(*(one(k) for k in range(300)))
+    assert counts == [2] * 300

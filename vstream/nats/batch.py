@@ -11,7 +11,9 @@ commit. Server limits: at most 1000 messages per batch, 50 open batches per stre
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -65,6 +67,25 @@ class FencedError(VStreamError):
     """The stream's last sequence on the fenced subject is not the one expected."""
 
 
+class BatchBusyError(SinkError):
+    """The server has too many atomic batches open (it allows 50 per stream): try again."""
+
+
+#: Error code of "atomic publish too many inflight" (HTTP-like 429).
+ERR_TOO_MANY_INFLIGHT = 10210
+#: Atomic batches one client keeps open at once (the server allows 50 per stream, shared by
+#: every worker writing to it).
+MAX_OPEN_BATCHES = 8
+_slots: weakref.WeakKeyDictionary[object, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _slots_of(nc: object) -> asyncio.Semaphore:
+    slots = _slots.get(nc)
+    if slots is None:
+        slots = _slots[nc] = asyncio.Semaphore(MAX_OPEN_BATCHES)
+    return slots
+
+
 _ack_decoder = msgspec.json.Decoder(PubAck)
 
 
@@ -84,6 +105,8 @@ def check_ack(ack: PubAck, what: str) -> PubAck:
     # the fence, so this is the fence failing too.
     if ack.error.err_code in (ERR_WRONG_LAST_SEQUENCE, ERR_BATCH_DUPLICATE_MSG_ID):
         raise FencedError(f"{what}: {ack.error.description}")
+    if ack.error.err_code == ERR_TOO_MANY_INFLIGHT:
+        raise BatchBusyError(f"NATS is busy with {what}: {ack.error.description}")
     raise SinkError(f"NATS refused {what}: {ack.error.description} (code {ack.error.err_code})")
 
 
@@ -104,6 +127,23 @@ async def publish_batch(
         raise ValueError("an atomic batch needs at least one message")
     if len(messages) > MAX_BATCH_MESSAGES:
         raise ValueError(f"an atomic batch holds at most {MAX_BATCH_MESSAGES} messages")
+    delay = 0.01
+    for attempt in range(8):
+        try:
+            async with _slots_of(nc):
+                return await _send_batch(nc, messages, fence, ack_wait, what)
+        except BatchBusyError:
+            if attempt == 7:
+                raise
+            # Nothing of a refused batch is stored: the same messages go again, new batch id.
+            await asyncio.sleep(delay)
+            delay = min(0.5, delay * 2)
+    raise AssertionError("unreachable")
+
+
+async def _send_batch(
+    nc: Client, messages: list[Message], fence: tuple[str, int] | None, ack_wait: float, what: str
+) -> PubAck:
     batch_id = secrets.token_hex(11)
     last = len(messages)
     try:
