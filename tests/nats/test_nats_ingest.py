@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from nats_support import read_subjects, wait_for
 
 from vstream.nats.connect import TRADES_STREAM, ensure_streams
@@ -126,3 +131,45 @@ async def test_ingest_command_puts_okx_rows_in_the_bucket(nats_server: Any, nc: 
     bucket = await instruments_bucket(nc.jetstream())
     entry = await bucket.get(BTC)
     assert entry.value is not None and msgspec.json.decode(entry.value)["ctVal"] == str(okx.instruments[BTC]["ctVal"])
+
+
+def start_ingest(url: str, okx: FakeOkxServer, log: Path) -> subprocess.Popen[bytes]:
+    """``vstream ingest`` in a child process, its stderr in ``log``."""
+    with open(log, "wb") as err:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "vstream", "ingest", "--nats", url,
+                "--instId", BTC, "--ws-url", okx.ws_url, "--rest-url", okx.rest_url,
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+async def test_ingest_command_publishes_until_sigterm(nats_server: Any, nc: Any, tmp_path: Path) -> None:
+    from vstream.nats.connect import instruments_bucket
+
+    log = tmp_path / "ingest.log"
+    async with FakeOkxServer() as okx:
+        proc = start_ingest(nats_server.url, okx, log)
+        try:
+            await okx.wait_subscribed(BTC, timeout=20)
+            await okx.push(fills(BTC, 1, 40), per_message=10)
+
+            async def arrived() -> bool:
+                return len((await stream_ids(nc)).get(BTC, [])) == 40
+
+            await wait_for(arrived, 15, "the trades in the stream")
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert "ingest messages=" in text and "trades=40" in text
+    assert (await stream_ids(nc))[BTC] == list(range(1, 41))
+    # It shared OKX's contract values for the workers.
+    entry = await (await instruments_bucket(nc.jetstream())).get(BTC)
+    assert entry.value is not None
