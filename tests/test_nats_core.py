@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -254,3 +255,36 @@ def test_refusals_are_classified(code: int, kind: str) -> None:
         check_ack(ack, "bars")
     assert type(info.value).__name__ == kind
     assert check_ack(decode_ack(b'{"stream":"S","seq":5}'), "bars").seq == 5
+
+
+async def test_an_ingester_failing_on_one_instrument_stops_without_hanging() -> None:
+    from vstream.errors import SinkError
+    from vstream.nats.ingest import TradeIngester
+    from vstream.sources import Batch
+
+    published: list[str] = []
+
+    class Failing(TradeIngester):
+        async def put(self, batch: Batch) -> None:
+            if batch.inst_id == "ETH-USDT-SWAP":
+                raise SinkError("refused")
+            published.append(batch.inst_id)
+
+    class Two:
+        """Batches of two instruments, interleaved, far more than the backlog."""
+
+        inst_ids = (BTC, "ETH-USDT-SWAP")
+
+        def resume(self, positions: object) -> None:
+            pass
+
+        async def _gen(self):  # type: ignore[no-untyped-def]
+            for k in range(200):
+                for inst in self.inst_ids:
+                    yield Batch(inst, [make_trade(k + 1, "1", 1, inst_id=inst)])
+
+        def __aiter__(self):  # type: ignore[no-untyped-def]
+            return self._gen()
+
+    with pytest.raises(SinkError, match="refused"):
+        await asyncio.wait_for(Failing(nc=None).run(Two(), backlog=2), 10)  # type: ignore[arg-type]

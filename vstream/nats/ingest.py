@@ -369,13 +369,53 @@ class TradeIngester:
             return
         raise SourceError(f"{inst_id}: could not publish trades: the subject kept moving")
 
-    async def run(self, source: Any) -> None:
-        """Publish every batch ``source`` yields until it ends."""
+    async def run(self, source: Any, *, backlog: int = 1000) -> None:
+        """Publish every batch ``source`` yields until it ends.
+
+        Instruments publish concurrently (each in its own order): a publish waits for its
+        acknowledgement, and hundreds of instruments one after the other would fall behind.
+        ``backlog`` batches may wait per instrument before the source is held back.
+        """
         source.resume({i: None for i in source.inst_ids})
+        queues: dict[str, asyncio.Queue[Batch | None]] = {}
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        failures: list[Exception] = []
+
+        async def drain(queue: asyncio.Queue[Batch | None]) -> None:
+            while (batch := await queue.get()) is not None:
+                if failures:
+                    continue  # keep taking, so the source is never blocked on a full queue
+                try:
+                    await self.put(batch)
+                except Exception as exc:
+                    failures.append(exc)
+
+        def check() -> None:
+            if failures:
+                raise failures[0]
+
         iterator: AsyncIterator[Batch] = source.__aiter__()
-        async for batch in iterator:
-            if batch.trades or batch.now_ms is not None or batch.gap:
-                await self.put(batch)
+        try:
+            async for batch in iterator:
+                if not (batch.trades or batch.now_ms is not None or batch.gap):
+                    continue
+                check()
+                queue = queues.get(batch.inst_id)
+                if queue is None:
+                    queue = queues[batch.inst_id] = asyncio.Queue(backlog)
+                    tasks[batch.inst_id] = asyncio.create_task(
+                        drain(queue), name=f"vstream-ingest-{batch.inst_id}"
+                    )
+                await queue.put(batch)
+            for queue in queues.values():
+                await queue.put(None)
+            await asyncio.gather(*tasks.values())
+            check()
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
 __all__ = [
