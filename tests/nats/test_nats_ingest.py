@@ -15,9 +15,11 @@ import pytest
 from nats_support import read_subjects, wait_for
 
 from vstream.nats.connect import TRADES_STREAM, ensure_streams
-from vstream.nats.ingest import TradeIngester
+from vstream.nats.ingest import H_GAP, TradeIngester
 from vstream.okx_rest import OkxRest
+from vstream.sources import Batch
 from vstream.sources.okx import OkxSource
+from vstream.testing import make_trade
 from vstream.testing.fake_okx import FakeOkxServer
 
 BTC, ETH = "BTC-USDT-SWAP", "ETH-USDT-SWAP"
@@ -173,3 +175,35 @@ async def test_ingest_command_publishes_until_sigterm(nats_server: Any, nc: Any,
     # It shared OKX's contract values for the workers.
     entry = await (await instruments_bucket(nc.jetstream())).get(BTC)
     assert entry.value is not None
+
+
+def batch_of(inst: str, ids: range) -> Batch:
+    return Batch(inst, [make_trade(i, "100", 1, ts=1_765_748_040_000 + i, inst_id=inst) for i in ids])
+
+
+async def test_a_joining_ingester_waits_for_the_ids_before_its_first_record(nc: Any) -> None:
+    await ensure_streams(nc.jetstream())
+    a, b = TradeIngester(nc), TradeIngester(nc, join_wait=5.0)
+    await a.put(batch_of(BTC, range(1, 11)))
+
+    async def late_a() -> None:
+        await asyncio.sleep(0.3)  # A is a little behind B
+        await a.put(batch_of(BTC, range(11, 16)))
+        await a.put(batch_of(BTC, range(16, 19)))
+
+    await asyncio.gather(b.put(batch_of(BTC, range(16, 21))), late_a())
+    assert (await stream_ids(nc))[BTC] == list(range(1, 21))
+    assert b.gaps == 0
+    messages = await read_subjects(nc, TRADES_STREAM, "vstream.trades.>")
+    assert not any(H_GAP in headers for _, _, headers in messages)
+
+
+async def test_ids_that_never_arrive_are_published_over_as_a_gap(nc: Any) -> None:
+    await ensure_streams(nc.jetstream())
+    a, b = TradeIngester(nc), TradeIngester(nc, join_wait=0.3)
+    await a.put(batch_of(BTC, range(1, 11)))
+    await b.put(batch_of(BTC, range(16, 21)))
+    assert (await stream_ids(nc))[BTC] == [*range(1, 11), *range(16, 21)]
+    assert b.gaps == 1
+    messages = await read_subjects(nc, TRADES_STREAM, "vstream.trades.>")
+    assert messages[-1][2].get(H_GAP) == "1"

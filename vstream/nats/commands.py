@@ -135,7 +135,7 @@ async def _ingest(args: argparse.Namespace) -> int:
                 inst_ids, channel=args.channel, ws_url=args.ws_url, rest=rest,
                 grace=settings.grace, gap_timeout=args.gap_timeout,
             )
-            ingester = TradeIngester(nc)
+            ingester = TradeIngester(nc, channel=args.channel)
             undo = _install_signals(asyncio.get_running_loop(), source.stop)
             try:
                 await ingester.run(source)
@@ -144,7 +144,7 @@ async def _ingest(args: argparse.Namespace) -> int:
                 await source.aclose()
             print(
                 f"ingest messages={ingester.published} trades={ingester.trades} "
-                f"already_published={ingester.dropped}",
+                f"already_published={ingester.dropped} gaps={ingester.gaps}",
                 file=sys.stderr, flush=True,
             )
         finally:

@@ -318,15 +318,65 @@ class TradeIngester:
 
     Several ingesters may run for the same instruments (hot standby): each publishes every
     batch, and the stream keeps each trade once.
+
+    The live source guarantees consecutive ids from its first record on, not before it. So an
+    ingester joining a subject that already has trades checks its first record against the
+    subject: if ids lie between them, it waits up to ``join_wait`` seconds for another
+    ingester to publish them (else its own newer trades would pass them and they would be
+    dropped as old); if they never come, the batch goes out flagged as a gap (the worker marks
+    the minute ``"gap": true``) with a warning. ``channel`` says how to read ids (on
+    ``trades`` a record covers ``tradeId - count + 1 .. tradeId``).
     """
 
-    def __init__(self, nc: Client, *, ack_wait: float = 10.0) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        ack_wait: float = 10.0,
+        join_wait: float = 5.0,
+        channel: str = "trades",
+    ) -> None:
         self._nc = nc
         self._ack_wait = ack_wait
+        self._join_wait = join_wait
+        self._merged = channel == "trades"
         self._states: dict[str, SubjectState] = {}
+        self._joined: set[str] = set()
         self.published = 0
         self.trades = 0
         self.dropped = 0  # trades another ingester had published already
+        self.gaps = 0
+
+    def _first_new_id(self, state: SubjectState, trades: list[Trade]) -> int | None:
+        """The first id the batch covers beyond the subject's last one (None: none beyond)."""
+        floor = state.last_id
+        for trade in trades:
+            number = trade_number(trade)
+            if number is not None and (floor is None or number > floor):
+                return number - trade.count + 1 if self._merged else number
+        return None
+
+    async def _join(self, batch: Batch, state: SubjectState) -> tuple[SubjectState, bool]:
+        """Wait until the subject reaches this ingester's first record; (state, gap)."""
+        inst_id = batch.inst_id
+        subject = trades_subject(inst_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._join_wait
+        while True:
+            first = self._first_new_id(state, batch.trades)
+            if first is None or state.last_id is None or first <= state.last_id + 1:
+                return state, False
+            if loop.time() >= deadline:
+                log.warning(
+                    "%s: trade ids %d..%d are not in %s and did not arrive within %g s; "
+                    "publishing on, flagged as a gap", inst_id, state.last_id + 1, first - 1,
+                    subject, self._join_wait,
+                )
+                self.gaps += 1
+                return state, True
+            await asyncio.sleep(0.05)
+            state = SubjectState.of(await last_message(self._nc, TRADES_STREAM, subject))
+            self._states[inst_id] = state
 
     async def _state(self, inst_id: str) -> SubjectState:
         state = self._states.get(inst_id)
@@ -339,8 +389,13 @@ class TradeIngester:
         """Publish what ``batch`` adds to the stream (retrying after another ingester's write)."""
         inst_id = batch.inst_id
         state = await self._state(inst_id)
+        gap = batch.gap
+        if inst_id not in self._joined and batch.trades:
+            state, missing = await self._join(batch, state)
+            gap = gap or missing
+            self._joined.add(inst_id)
         for _attempt in range(20):
-            planned = live_message(state, inst_id, batch.trades, now_ms=batch.now_ms, gap=batch.gap)
+            planned = live_message(state, inst_id, batch.trades, now_ms=batch.now_ms, gap=gap)
             if planned is None:
                 self.dropped += len(batch.trades)
                 return
