@@ -360,7 +360,7 @@ class NatsWorker:
         else:
             raise LeaseLostError(f"{inst_id}: could not take over: the checkpoint kept moving")
         running.core = core
-        log.info("%s: %s works %s from trades seq %d", self.worker_id, self.worker_id, inst_id, core.seq + 1)
+        log.info("%s: works %s from trades seq %d", self.worker_id, inst_id, core.seq + 1)
         await self._consume(inst_id, core, fence, running)
 
     def _ms(self) -> int:
