@@ -43,3 +43,10 @@ class RejectError(SourceError):
 
 class SinkError(VStreamError):
     """A sink failed to write (disk full, read-only folder, a failing user callback)."""
+
+
+class LeaseLostError(VStreamError):
+    """A distributed worker lost an instrument's lease: another worker owns it now.
+
+    Its writes are fenced off by the server; the worker stops working the instrument.
+    """

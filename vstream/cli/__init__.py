@@ -18,6 +18,7 @@ from .common import Parser, package_version, report, run_async
 from .demo import register_demo
 from .import_okx import register_import_okx
 from .live import register_live
+from .nats import register_ingest, register_publish, register_worker
 from .replay import register_replay
 from .signals import register_signals
 from .status import register_status
@@ -31,6 +32,9 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_status,
     register_chart,
     register_live,
+    register_ingest,
+    register_publish,
+    register_worker,
 ]
 
 

@@ -3,7 +3,9 @@
 * :class:`ListSource` — a source that delivers given trades (in batches) with no I/O;
 * :class:`CollectingSink` — a sink that keeps every bar it is given;
 * :func:`make_trade` — a valid :class:`~vstream.Trade` from a few words;
-* :class:`FakeOkxServer` — a loopback stand-in for OKX's websocket and REST endpoints.
+* :class:`FakeOkxServer` — a loopback stand-in for OKX's websocket and REST endpoints;
+* :class:`NatsServer`, :class:`NatsCluster` — real ``nats-server`` processes (JetStream) on
+  loopback for the distributed mode, with a free port and a temporary store each.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..assembler import Bar
 from ..sources import Batch
 from ..trades import Trade
 from .fake_okx import FakeOkxServer
+from .nats_server import NatsCluster, NatsServer
 
 
 def make_trade(
@@ -129,4 +132,12 @@ def trades_of(lines: Iterable[dict[str, Any]]) -> list[Trade]:
     ]
 
 
-__all__ = ["CollectingSink", "FakeOkxServer", "ListSource", "make_trade", "trades_of"]
+__all__ = [
+    "CollectingSink",
+    "FakeOkxServer",
+    "ListSource",
+    "NatsCluster",
+    "NatsServer",
+    "make_trade",
+    "trades_of",
+]
