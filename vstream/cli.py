@@ -39,6 +39,9 @@ _THRESHOLDS: list[tuple[str, str, type, str]] = [
     ("--divergence-min-price-pct", "divergence_min_price_pct", float, "price change %% needed for divergence (0.1)"),
     ("--divergence-min-delta-ratio", "divergence_min_delta_ratio", float, "|delta| / volume needed for divergence (0.1)"),
     ("--grace", "grace", float, "seconds after a minute ends before live mode closes it (2)"),
+    ("--imbalance-ratio", "imbalance_ratio", float, "footprint: volume ratio of an imbalanced level (3)"),
+    ("--stacked-levels", "stacked_levels", int, "footprint: adjacent imbalanced levels that make a stack (3)"),
+    ("--value-area", "value_area", float, "footprint: share of the bar's volume in the value area (0.7)"),
 ]
 
 
@@ -56,6 +59,16 @@ def _ct_val(text: str) -> tuple[str, float]:
         return inst, float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"ctVal for {inst} is not a number: {value!r}") from None
+
+
+def _footprint(text: str) -> tuple[str | None, float]:
+    inst, sep, value = text.rpartition("=")
+    if sep and not inst:
+        raise argparse.ArgumentTypeError(f"expected TICK or INST=TICK, got {text!r}")
+    try:
+        return (inst if sep else None), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"footprint tick is not a number: {value!r}") from None
 
 
 def _timeframes(text: str) -> tuple[str, ...]:
@@ -77,6 +90,14 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
         help="contract value override, repeatable",
     )
     p.add_argument("--timeframes", type=_timeframes, metavar="1m,5m,15m,1h", help="bar timeframes to write (1m)")
+    p.add_argument(
+        "--footprint", metavar="[INST=]TICK", type=_footprint, action="append", default=[],
+        help="add a footprint with this price step (every instrument, or INST=TICK), repeatable",
+    )
+    p.add_argument(
+        "--cvd", action="store_const", const=True, default=None,
+        help="add delta_min/delta_max (running delta extremes) and cvd (the UTC day's delta)",
+    )
     for flag, dest, kind, text in _THRESHOLDS:
         p.add_argument(flag, dest=dest, type=kind, metavar="N", help=text)
 
@@ -139,6 +160,10 @@ def settings_of(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {dest: getattr(args, dest, None) for _, dest, _, _ in _THRESHOLDS}
     overrides["ct_val"] = dict(args.ct_val) if getattr(args, "ct_val", None) else None
     overrides["timeframes"] = getattr(args, "timeframes", None)
+    ticks: list[tuple[str | None, float]] = getattr(args, "footprint", None) or []
+    overrides["footprint_tick"] = next((t for inst, t in reversed(ticks) if inst is None), None)
+    overrides["footprint"] = {inst: t for inst, t in ticks if inst is not None} or None
+    overrides["cvd"] = getattr(args, "cvd", None)
     return make_settings(base, **overrides)
 
 

@@ -331,7 +331,7 @@ class Engine:
                 continue
             paths = VaultPaths.of(self.vault, inst_id)
             store = InstrumentStore(
-                paths, self.settings.fingerprint(instrument.ct_val), self.settings.timeframes
+                paths, self.settings.fingerprint(instrument.ct_val, inst_id), self.settings.timeframes
             )
             pipe.state = store.open(rebuild=self.rebuild)
             pipe.store = store

@@ -14,6 +14,7 @@ the order trades arrive in.
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any, Final, Protocol, cast
 
 from msgspec.structs import astuple
@@ -96,12 +97,33 @@ class MinuteRun:
     Trade ids already taken in the minute are ``seen``; ``ids`` is their set, built only
     once a trade arrives whose id is not above every id so far (``top``): ids mostly rise,
     and a rising id cannot be a duplicate.
+
+    With a footprint tick (``tick_num / tick_den``, a price step > 0), ``book`` maps each
+    price level (``floor(px / tick)``, an integer) to ``[buy, sell, trades]`` of the minute
+    (micro-dollars). With ``flow`` on, ``deltas`` holds each accepted trade's
+    ``(ts, tradeId, signed micro-dollars)`` in arrival order, from which the running delta's
+    extremes are found in ``(ts, tradeId)`` order when the minute closes.
     """
 
-    def __init__(self, scale: float, linear: bool, whale_at: int) -> None:
+    def __init__(
+        self,
+        scale: float,
+        linear: bool,
+        whale_at: int,
+        tick_num: int = 0,
+        tick_den: int = 1,
+        flow: bool = False,
+    ) -> None:
         self.scale = scale
         self.linear = linear
         self.whale_at = whale_at
+        self.footprint = tick_num > 0
+        self.tick_num = tick_num
+        self.tick_den = tick_den
+        self.flow = flow
+        self.book: dict[int, list[int]] = {}
+        self.levels: dict[str, int] = {}
+        self.deltas: list[tuple[int, str, int]] = []
         self.prices: dict[str, float] = {}
         self.open = False
         self.lo_ms = 0
@@ -161,6 +183,8 @@ class MinuteRun:
         self.low = agg.low
         self.low_ts = agg.low_ts
         self.low_id = agg.low_id
+        self.book = agg.book if agg.book is not None else {}
+        self.deltas = agg.deltas if agg.deltas is not None else []
 
     def store(self, agg: Any) -> None:
         """Write the totals into ``agg``, the aggregate of the same minute."""
@@ -186,12 +210,19 @@ class MinuteRun:
         agg.low = self.low
         agg.low_ts = self.low_ts
         agg.low_id = self.low_id
+        if self.footprint:
+            agg.book = self.book
+        if self.flow:
+            agg.deltas = self.deltas
 
     def shut(self, floor_ms: int) -> None:
         """No minute is open; trades before ``floor_ms`` are late."""
         self.open = False
         self.floor_ms = floor_ms
         self.set_ids([])
+        # (the closed minute's aggregate keeps the old ones)
+        self.book = {}
+        self.deltas = []
 
     def set_ids(self, ids: list[str]) -> None:
         """The trade ids already taken in the open minute."""
@@ -211,6 +242,18 @@ class MinuteRun:
         p = float(px)
         prices[px] = p
         return p
+
+    def level(self, px: str) -> int:
+        """The footprint level of ``px``: ``floor(px / tick)``, exactly, remembered."""
+        levels = self.levels
+        if len(levels) >= PRICE_CACHE:
+            levels.clear()
+        # Exact: the price text as a fraction (it passed the decoder's checks), floored in
+        # integers, so a level never depends on binary rounding.
+        f = Fraction(px)
+        k = (f.numerator * self.tick_den) // (f.denominator * self.tick_num)
+        levels[px] = k
+        return k
 
 
 def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
@@ -253,6 +296,11 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     seen = run.seen
     ids = run.ids
     top = run.top
+    footprint = run.footprint
+    book = run.book
+    levels = run.levels
+    flow = run.flow
+    deltas = run.deltas
     late = 0
     dup = 0
     taken = 0
@@ -322,6 +370,13 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             seen = [tid]
             ids = set()
             top = tid
+            if footprint:
+                k = levels.get(px)
+                if k is None:
+                    k = run.level(px)
+                book = {k: [buy, sell, 1]}
+            if flow:
+                deltas = [(ts, tid, buy - sell)]
             taken += 1
             i += 1
             continue
@@ -359,6 +414,21 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
         count += 1
         fills += fill
         taken += 1
+        if footprint:
+            k = levels.get(px)
+            if k is None:
+                k = run.level(px)
+            cell = book.get(k)
+            if cell is None:
+                book[k] = [amount, 0, 1] if side == "buy" else [0, amount, 1]
+            else:
+                if side == "buy":
+                    cell[0] += amount
+                else:
+                    cell[1] += amount
+                cell[2] += 1
+        if flow:
+            deltas.append((ts, tid, amount if side == "buy" else -amount))
         # Order by (ts, tradeId as integer). Stamps tie often; ids of equal length (digits
         # only) then compare as text, which is cheaper than int() and gives the same order.
         if ts >= c_ts:
@@ -421,6 +491,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     run.seen = seen
     run.ids = ids
     run.top = top
+    run.book = book
+    run.deltas = deltas
     run.late += late
     run.duplicates += dup
     run.accepted += taken

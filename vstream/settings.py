@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from decimal import Decimal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     grace: float = 2.0
     ct_val: dict[str, float] = msgspec.field(default_factory=dict)
     timeframes: tuple[str, ...] = ("1m",)
+    #: Footprint price step for every instrument of a run (None: no footprint) ...
+    footprint_tick: float | None = None
+    #: ... and per instrument (wins over ``footprint_tick``).
+    footprint: dict[str, float] = msgspec.field(default_factory=dict)
+    imbalance_ratio: float = 3.0
+    stacked_levels: int = 3
+    value_area: float = 0.7
+    #: Running-delta extremes and the day's cumulative delta on each bar.
+    cvd: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +73,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for inst, value in self.ct_val.items():
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"ct_val for {inst} must be a finite number > 0, got {value!r}")
+        ticks = dict(self.footprint)
+        if self.footprint_tick is not None:
+            ticks["footprint_tick"] = self.footprint_tick
+        for name, tick in ticks.items():
+            tick_fraction(tick, name)
+        if not (math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1):
+            raise ConfigError(f"imbalance_ratio must be a finite number >= 1, got {self.imbalance_ratio!r}")
+        if self.stacked_levels < 2:
+            raise ConfigError(f"stacked_levels must be >= 2, got {self.stacked_levels}")
+        if not (math.isfinite(self.value_area) and 0 < self.value_area <= 1):
+            raise ConfigError(f"value_area must be > 0 and <= 1, got {self.value_area!r}")
         if not self.timeframes:
             raise ConfigError("timeframes must name at least one of " + ", ".join(TIMEFRAMES))
         for tf in self.timeframes:
@@ -71,9 +92,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if "1m" not in self.timeframes:
             raise ConfigError("timeframes must include 1m (the other timeframes are resumed with it)")
 
-    def fingerprint(self, ct_val: float | None) -> str:
-        """A short hash of what shapes one instrument's bars (not run options like ``grace``)."""
-        shape = [
+    def tick_of(self, inst_id: str) -> float | None:
+        """The footprint price step of ``inst_id``, or None when it gets no footprint."""
+        return self.footprint.get(inst_id, self.footprint_tick)
+
+    def fingerprint(self, ct_val: float | None, inst_id: str | None = None) -> str:
+        """A short hash of what shapes one instrument's bars (not run options like ``grace``).
+
+        The order-flow options enter it only when they are on, so the fingerprint of a run
+        without them is what it was before they existed (existing states stay valid).
+        """
+        shape: list[Any] = [
             self.whale_usd,
             self.median_window,
             self.min_history,
@@ -84,11 +113,40 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ct_val,
             sorted(self.timeframes, key=TIMEFRAMES.__getitem__),
         ]
+        tick = self.tick_of(inst_id) if inst_id is not None else None
+        if tick is not None:
+            shape.append(
+                {
+                    "footprint": tick,
+                    "imbalance_ratio": self.imbalance_ratio,
+                    "stacked_levels": self.stacked_levels,
+                    "value_area": self.value_area,
+                }
+            )
+        if self.cvd:
+            shape.append({"cvd": True})
         return hashlib.sha256(msgspec.json.encode(shape)).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""
         return msgspec.structs.replace(self, **changes)
+
+
+def tick_fraction(tick: float, name: str = "footprint tick") -> tuple[int, int]:
+    """A footprint tick as written (``0.1`` is one tenth) as ``(numerator, 10**decimals)``.
+
+    Raise :class:`ConfigError` unless it is a finite decimal number > 0 with at most 12
+    decimals (level prices are printed with the tick's decimals).
+    """
+    if not (isinstance(tick, (int, float)) and math.isfinite(tick) and tick > 0):
+        raise ConfigError(f"{name}: a footprint tick must be a finite number > 0, got {tick!r}")
+    exact = Decimal(repr(float(tick))).normalize()
+    exponent = exact.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    decimals = max(0, -exponent)
+    if decimals > 12:
+        raise ConfigError(f"{name}: a footprint tick needs at most 12 decimals, got {tick!r}")
+    return int(exact.scaleb(decimals)), 10**decimals
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -122,10 +180,10 @@ def make_settings(base: Mapping[str, Any] | None = None, **overrides: Any) -> Se
     for key, value in overrides.items():
         if value is None:
             continue
-        if key == "ct_val":
-            merged = dict(values.get("ct_val") or {})
+        if key in ("ct_val", "footprint"):
+            merged = dict(values.get(key) or {})
             merged.update(value)
-            values["ct_val"] = merged
+            values[key] = merged
         else:
             values[key] = value
     try:
