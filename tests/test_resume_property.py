@@ -89,27 +89,43 @@ def place(vault: Path, first: bytes, second: bytes, upto: int) -> None:
         (raw / "2025-12-16.jsonl").write_bytes(second[: upto - len(first)])
 
 
+#: The order-flow options: footprint levels of 0.5 (prices above are 99.9 .. 101.25), the
+#: running delta's extremes and the day's CVD across the two days.
+ORDER_FLOW = ["--footprint", "0.5", "--stacked-levels", "2", "--cvd"]
+
+
 def replay(vault: Path, *extra: str) -> None:
     assert main(["replay", "--instId", INST, "--vault", str(vault), *FLAGS, *extra]) == 0
+
+
+def check_runs_cut_anywhere(base: Path, data: tuple[bytes, bytes, bool], cuts: list[float], *flags: str) -> None:
+    first, second, _ = data
+    whole, pieces = base / "whole", base / "pieces"
+    total = len(first) + len(second)
+    place(whole, first, second, total)
+    replay(whole, "--final", *flags)
+    expected = files_of(whole)
+    if flags and expected["volume_1m.jsonl"]:
+        assert all(b'"poc"' in line and b'"cvd"' in line for line in expected["volume_1m.jsonl"].splitlines())
+    for cut in sorted(int(c * total) for c in cuts):
+        place(pieces, first, second, cut)
+        replay(pieces, *flags)
+    place(pieces, first, second, total)
+    replay(pieces, "--final", *flags)
+    assert files_of(pieces) == expected
+    # A further --final run over the unchanged input changes nothing.
+    replay(pieces, "--final", *flags)
+    assert files_of(pieces) == expected
+    shutil.rmtree(base)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=inputs(), cuts=st.lists(st.floats(0, 1), max_size=6))
 def test_runs_cut_anywhere_equal_one_final_run(tmp_path_factory, data, cuts):
-    first, second, _ = data
-    base = tmp_path_factory.mktemp("resume")
-    whole, pieces = base / "whole", base / "pieces"
-    total = len(first) + len(second)
-    place(whole, first, second, total)
-    replay(whole, "--final")
-    expected = files_of(whole)
-    for cut in sorted(int(c * total) for c in cuts):
-        place(pieces, first, second, cut)
-        replay(pieces)
-    place(pieces, first, second, total)
-    replay(pieces, "--final")
-    assert files_of(pieces) == expected
-    # A further --final run over the unchanged input changes nothing.
-    replay(pieces, "--final")
-    assert files_of(pieces) == expected
-    shutil.rmtree(base)
+    check_runs_cut_anywhere(tmp_path_factory.mktemp("resume"), data, cuts)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=inputs(), cuts=st.lists(st.floats(0, 1), max_size=6))
+def test_runs_cut_anywhere_equal_one_final_run_with_order_flow(tmp_path_factory, data, cuts):
+    check_runs_cut_anywhere(tmp_path_factory.mktemp("resume"), data, cuts, *ORDER_FLOW)

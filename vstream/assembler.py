@@ -21,7 +21,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from .instruments import Instrument
-from .kernel import MINUTE_MS, MinuteRun, fold
+from .kernel import MINUTE_MS, MinuteRun, flow_rows, fold
 from .settings import TIMEFRAMES, Settings, tick_fraction
 from .trades import Trade
 
@@ -131,9 +131,10 @@ class Aggregate(msgspec.Struct, gc=False):
     gap: bool = False
     #: Footprint: level (``floor(px / tick)``) -> [buy, sell, trades], micro-dollars.
     book: dict[int, list[int]] | None = None
-    #: The open minute's accepted trades as (ts, tradeId, signed micro-dollars), arrival order.
+    #: In a saved state only: the open minute's accepted trades as (ts, tradeId, signed
+    #: micro-dollars) in arrival order, so a resumed run can still order them.
     deltas: list[tuple[int, str, int]] | None = None
-    #: The running delta's extremes in micro-dollars, once ``deltas`` is folded into them.
+    #: The running delta's extremes in micro-dollars.
     delta_min: int = 0
     delta_max: int = 0
 
@@ -428,9 +429,9 @@ class _Series:
         self.cvd = 0
 
     def finish(self, agg: Aggregate, peek: bool = False) -> Bar:
-        """The bar of ``agg``. Unless ``peek``, the bar is final: it enters the window of
-        previous totals and the day's cumulative delta, and ``agg`` folds its trade list into
-        the running delta's extremes (``peek`` changes nothing: a bar still forming)."""
+        """The bar of ``agg``. Unless ``peek``, the bar is final: its total enters the window
+        of previous totals and its delta the day's (``peek`` changes nothing: a bar still
+        forming)."""
         total = agg.buy + agg.sell
         ratios = self.ratios
         opened = ratios.get(agg.open_px)
@@ -531,15 +532,8 @@ class _Series:
             bar.imbalances = fp.imbalances
             bar.stacked = fp.stacked
         if self.flow:
-            low, high = agg.delta_min, agg.delta_max
-            if agg.deltas is not None:
-                if agg.deltas:
-                    low, high = delta_extremes(agg.deltas)
-                if not peek:
-                    agg.delta_min, agg.delta_max = low, high
-                    agg.deltas = None
-            bar.delta_min = _signed_usd(low)
-            bar.delta_max = _signed_usd(high)
+            bar.delta_min = _signed_usd(agg.delta_min)
+            bar.delta_max = _signed_usd(agg.delta_max)
             bar.cvd = _signed_usd(cvd)
         return bar
 
@@ -667,10 +661,27 @@ class BarAssembler:
         if agg is None or agg.start != start:
             agg = series.open = Aggregate(start, "", 0, 0, "", 0, 0, "", 0.0, 0, 0, "", 0.0, 0, 0)
         run.store(agg)
+        if run.flow:
+            if run.disordered:
+                # Some trade came before a later one: find the extremes in (ts, tradeId)
+                # order (rare; only when the bar is wanted, not after every batch).
+                agg.deltas = None
+            else:
+                agg.delta_min = run.dmin
+                agg.delta_max = run.dmax
         return agg
+
+    def _order_flow(self, agg: Aggregate) -> None:
+        """Bring the open minute's delta extremes up to date before its bar is made."""
+        run = self._run
+        if run.flow and run.disordered:
+            rows = flow_rows(run)
+            if rows:
+                agg.delta_min, agg.delta_max = delta_extremes(rows)
 
     def _close_minute(self, agg: Aggregate, out: list[Bar]) -> None:
         series = self._minute
+        self._order_flow(agg)
         out.append(series.finish(agg))
         self.counters.bars += 1
         series.open = None
@@ -719,6 +730,7 @@ class BarAssembler:
             return None
         if now_ms is not None and now_ms >= (agg.start + 1) * MINUTE_MS + self._grace_ms:
             return None
+        self._order_flow(agg)
         bar = self._minute.finish(agg, peek=True)
         bar.final = False
         return bar
@@ -744,8 +756,12 @@ class BarAssembler:
 
     def snapshot(self) -> AssemblerState:
         """A copy of the state; later feeding does not change it."""
+        series = {label: s.snapshot() for label, s in self._series.items()}
+        saved = series["1m"].open
+        if saved is not None and self._run.flow:
+            saved.deltas = flow_rows(self._run)
         return AssemblerState(
-            series={label: s.snapshot() for label, s in self._series.items()},
+            series=series,
             ids=sorted(self._run.seen),
             counters=msgspec.structs.replace(self.counters),
         )
@@ -759,6 +775,7 @@ class BarAssembler:
         agg = self._minute.open
         if agg is not None:
             run.load(agg)
+            agg.deltas = None  # the run holds them now
         else:
             run.shut(self._minute.next_start * MINUTE_MS)
         run.set_ids(state.ids)

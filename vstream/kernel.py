@@ -100,9 +100,14 @@ class MinuteRun:
 
     With a footprint tick (``tick_num / tick_den``, a price step > 0), ``book`` maps each
     price level (``floor(px / tick)``, an integer) to ``[buy, sell, trades]`` of the minute
-    (micro-dollars). With ``flow`` on, ``deltas`` holds each accepted trade's
-    ``(ts, tradeId, signed micro-dollars)`` in arrival order, from which the running delta's
-    extremes are found in ``(ts, tradeId)`` order when the minute closes.
+    (micro-dollars).
+
+    With ``flow`` on, ``items`` keeps the minute's accepted trades (the trade objects
+    themselves, or ``(ts, tradeId, signed micro-dollars)`` rows after a resume) and
+    ``dmin``/``dmax`` the running delta's extremes. While every trade is later by
+    ``(ts, tradeId)`` than those before it (the usual case) the extremes follow trade by
+    trade; once one is not, ``disordered`` is set and :func:`flow_rows` lets the caller
+    find them in ``(ts, tradeId)`` order.
     """
 
     def __init__(
@@ -123,7 +128,10 @@ class MinuteRun:
         self.flow = flow
         self.book: dict[int, list[int]] = {}
         self.levels: dict[str, int] = {}
-        self.deltas: list[tuple[int, str, int]] = []
+        self.items: list[Any] = []
+        self.dmin = 0
+        self.dmax = 0
+        self.disordered = False
         self.prices: dict[str, float] = {}
         self.open = False
         self.lo_ms = 0
@@ -184,7 +192,7 @@ class MinuteRun:
         self.low_ts = agg.low_ts
         self.low_id = agg.low_id
         self.book = agg.book if agg.book is not None else {}
-        self.deltas = agg.deltas if agg.deltas is not None else []
+        self.set_rows(agg.deltas if agg.deltas is not None else [])
 
     def store(self, agg: Any) -> None:
         """Write the totals into ``agg``, the aggregate of the same minute."""
@@ -212,17 +220,36 @@ class MinuteRun:
         agg.low_id = self.low_id
         if self.footprint:
             agg.book = self.book
-        if self.flow:
-            agg.deltas = self.deltas
 
     def shut(self, floor_ms: int) -> None:
         """No minute is open; trades before ``floor_ms`` are late."""
         self.open = False
         self.floor_ms = floor_ms
         self.set_ids([])
-        # (the closed minute's aggregate keeps the old ones)
+        # (the closed minute's aggregate keeps the old book)
         self.book = {}
-        self.deltas = []
+        self.items = []
+        self.disordered = False
+
+    def set_rows(self, rows: list[tuple[int, str, int]]) -> None:
+        """Continue the open minute's delta flow from ``rows`` (as :func:`flow_rows` gives)."""
+        self.items = list(rows)
+        running = 0
+        self.dmin = self.dmax = rows[0][2] if rows else 0
+        self.disordered = False
+        last_ts = -1
+        last_id = -1
+        for ts, tid, amount in rows:
+            running += amount
+            iid = int(tid)
+            if ts < last_ts or (ts == last_ts and iid <= last_id):
+                self.disordered = True
+            last_ts = ts
+            last_id = iid
+            if running < self.dmin:
+                self.dmin = running
+            if running > self.dmax:
+                self.dmax = running
 
     def set_ids(self, ids: list[str]) -> None:
         """The trade ids already taken in the open minute."""
@@ -299,8 +326,17 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     footprint = run.footprint
     book = run.book
     levels = run.levels
+    # Trades of one level come in runs: their sums stay in locals until the level changes.
+    level = -1
+    level_buy = 0
+    level_sell = 0
+    level_trades = 0
+    k = -1
     flow = run.flow
-    deltas = run.deltas
+    items = run.items
+    dmin = run.dmin
+    dmax = run.dmax
+    disordered = run.disordered
     late = 0
     dup = 0
     taken = 0
@@ -371,12 +407,17 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             ids = set()
             top = tid
             if footprint:
-                k = levels.get(px)
-                if k is None:
-                    k = run.level(px)
-                book = {k: [buy, sell, 1]}
+                q_level = levels.get(px)
+                k = q_level if q_level is not None else run.level(px)
+                book = {}
+                level = k
+                level_buy = buy
+                level_sell = sell
+                level_trades = 1
             if flow:
-                deltas = [(ts, tid, buy - sell)]
+                items = [item]
+                dmin = dmax = buy - sell
+                disordered = False
             taken += 1
             i += 1
             continue
@@ -402,6 +443,9 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             p = q if q is not None else run.price(px)
             last_px = px
             last_p = p
+            if footprint:
+                q_level = levels.get(px)
+                k = q_level if q_level is not None else run.level(px)
         # int(x + 0.5) rounds halves up for x > 0 (sz, price and scale are all > 0)
         amount = int(sz * (p if linear else 1.0) * scale + 0.5)
         if side == "buy":
@@ -415,20 +459,22 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
         fills += fill
         taken += 1
         if footprint:
-            k = levels.get(px)
-            if k is None:
-                k = run.level(px)
-            cell = book.get(k)
-            if cell is None:
-                book[k] = [amount, 0, 1] if side == "buy" else [0, amount, 1]
+            if k != level:
+                if level_trades:
+                    cell = book.get(level)
+                    if cell is None:
+                        book[level] = [level_buy, level_sell, level_trades]
+                    else:
+                        cell[0] += level_buy
+                        cell[1] += level_sell
+                        cell[2] += level_trades
+                level = k
+                level_buy = level_sell = level_trades = 0
+            if side == "buy":
+                level_buy += amount
             else:
-                if side == "buy":
-                    cell[0] += amount
-                else:
-                    cell[1] += amount
-                cell[2] += 1
-        if flow:
-            deltas.append((ts, tid, amount if side == "buy" else -amount))
+                level_sell += amount
+            level_trades += 1
         # Order by (ts, tradeId as integer). Stamps tie often; ids of equal length (digits
         # only) then compare as text, which is cheaper than int() and gives the same order.
         if ts >= c_ts:
@@ -464,6 +510,27 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             low = p
             l_ts = ts
             l_id = int(tid)
+        if flow:
+            items.append(item)
+            # The trade just became the close exactly when it is later than every trade so
+            # far (ids are unique in the minute): then the running delta in (ts, tradeId)
+            # order is buy - sell now.
+            if c_tid is tid:
+                d = buy - sell
+                if d < dmin:
+                    dmin = d
+                elif d > dmax:
+                    dmax = d
+            else:
+                disordered = True
+    if footprint and level_trades:
+        cell = book.get(level)
+        if cell is None:
+            book[level] = [level_buy, level_sell, level_trades]
+        else:
+            cell[0] += level_buy
+            cell[1] += level_sell
+            cell[2] += level_trades
     run.open = is_open
     run.lo_ms = lo_ms
     run.floor_ms = floor_ms
@@ -492,8 +559,30 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     run.ids = ids
     run.top = top
     run.book = book
-    run.deltas = deltas
+    run.items = items
+    run.dmin = dmin
+    run.dmax = dmax
+    run.disordered = disordered
     run.late += late
     run.duplicates += dup
     run.accepted += taken
     return i
+
+
+def flow_rows(run: MinuteRun) -> list[tuple[int, str, int]]:
+    """The open minute's accepted trades as ``(ts, tradeId, signed micro-dollars)`` rows, in
+    arrival order, each amount computed exactly as :func:`fold` counted it."""
+    rows: list[tuple[int, str, int]] = []
+    scale = run.scale
+    linear = run.linear
+    for item in run.items:
+        if type(item) is tuple:
+            row: tuple[int, str, int] = item
+            rows.append(row)
+            continue
+        t: TradeLike = item
+        q = run.prices.get(t.px)
+        p = q if q is not None else run.price(t.px)
+        amount = int(t.sz * (p if linear else 1.0) * scale + 0.5)
+        rows.append((t.ts, t.tradeId, amount if t.side == "buy" else -amount))
+    return rows

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from decimal import Decimal
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
