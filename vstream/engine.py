@@ -76,9 +76,12 @@ class _SinkRunner:
         policy: OverflowPolicy,
         fatal: bool,
         on_fatal: Callable[[BaseException], None],
+        partial: bool = False,
     ) -> None:
         self.sink = sink
         self.stats = SinkStats(name)
+        #: Also fed the open minute's bar in progress; every bar it gets carries ``final``.
+        self.partial = partial
         self._maxsize = maxsize
         self._policy = policy
         self._fatal = fatal
@@ -239,6 +242,8 @@ class Engine:
         sink_errors: Literal["log", "raise"] = "log",
         sink_close_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        partial_sinks: Iterable[SinkLike] = (),
+        partial_every: float = 1.0,
     ) -> None:
         self.sources: list[Source] = [sources] if isinstance(sources, Source) else list(sources)
         if not self.sources:
@@ -252,6 +257,8 @@ class Engine:
             raise ConfigError(f"unknown sink_overflow policy {sink_overflow!r}")
         if sink_errors not in ("log", "raise"):
             raise ConfigError(f"sink_errors must be 'log' or 'raise', not {sink_errors!r}")
+        if not (partial_every > 0):
+            raise ConfigError(f"partial_every must be > 0 seconds, got {partial_every!r}")
         self.settings = settings if settings is not None else Settings()
         self.vault = Path(vault) if vault is not None else None
         self.rebuild = rebuild
@@ -264,6 +271,9 @@ class Engine:
         self._sink_close_timeout = sink_close_timeout
         self._clock = clock
         self._user_sinks: list[Sink] = [as_sink(s) for s in sinks]
+        self._partial_sinks: list[Sink] = [as_sink(s) for s in partial_sinks]
+        self._partial_every = partial_every
+        self._partial_task: asyncio.Task[None] | None = None
         self._runners: list[_SinkRunner] = []
         self._pipes: dict[str, _Pipe] = {}
         self._opened = False
@@ -307,7 +317,8 @@ class Engine:
             raise
         for source in self.sources:
             source.resume({i: self._pipes[i].position for i in source.inst_ids})
-        for index, sink in enumerate(self._user_sinks):
+        partial = [False] * len(self._user_sinks) + [True] * len(self._partial_sinks)
+        for index, sink in enumerate([*self._user_sinks, *self._partial_sinks]):
             runner = _SinkRunner(
                 sink,
                 f"{index}:{type(sink).__name__}",
@@ -315,6 +326,7 @@ class Engine:
                 self._sink_overflow,
                 self._sink_fatal,
                 self._fail,
+                partial[index],
             )
             runner.start()
             self._runners.append(runner)
@@ -417,6 +429,7 @@ class Engine:
             for index, source in enumerate(self.sources)
         ]
         ticker = asyncio.create_task(self._tick()) if self._live else None
+        self._start_partials()
         try:
             await self._consume(queue, len(tasks))
         finally:
@@ -424,6 +437,10 @@ class Engine:
                 task.cancel()
             if ticker is not None:
                 ticker.cancel()
+            if self._partial_task is not None:
+                self._partial_task.cancel()
+                tasks.append(self._partial_task)
+                self._partial_task = None
             self._queue = None
             await _shielded(self._settle(tasks, ticker, owns))
         self._raise_failure()
@@ -521,7 +538,32 @@ class Engine:
                 pipe.outputs[tf].buffer(group)
         for runner in self._runners:
             for bar in bars:
-                await runner.offer(bar)
+                await runner.offer(msgspec.structs.replace(bar, final=True) if runner.partial else bar)
+
+    def _start_partials(self) -> None:
+        if self._partial_task is None and self._running and any(r.partial for r in self._runners):
+            self._partial_task = asyncio.create_task(self._partials(), name="vstream-partials")
+
+    async def _partials(self) -> None:
+        """Every ``partial_every`` seconds of the engine's clock, hand each instrument's open
+        minute, as it stands, to the sinks that asked for bars in progress."""
+        due = self._clock() + self._partial_every
+        while True:
+            # Short sleeps, so a clock a test moves is followed.
+            await asyncio.sleep(max(0.0, min(due - self._clock(), 0.25)))
+            now = self._clock()
+            if now < due:
+                continue
+            due = max(due + self._partial_every, now)
+            # Live: a minute already due to close on the clock is not shown as forming.
+            now_ms = int(now * 1000) if self._live else None
+            for pipe in self._pipes.values():
+                bar = pipe.assembler.partial(now_ms)
+                if bar is None:
+                    continue
+                for runner in self._runners:
+                    if runner.partial:
+                        await runner.offer(bar)
 
     def _close_due(self) -> list[tuple[_Pipe, list[Bar]]]:
         now_ms = int(self._clock() * 1000)
@@ -611,17 +653,22 @@ class Engine:
         """The live assembler of one instrument (after :meth:`open`)."""
         return self._pipes[inst_id].assembler
 
-    async def bars(self) -> AsyncIterator[Bar]:
+    async def bars(self, partial: bool = False) -> AsyncIterator[Bar]:
         """Iterate over bars as they are finished, running the engine if nobody else does.
+
+        With ``partial``, every ``partial_every`` seconds the open minute's bar as it stands
+        comes too, with ``final`` false; finished bars then carry ``final`` true. Bars in
+        progress never reach the vault or the other sinks.
 
         Must be called before the engine starts running (bars finished earlier are not seen).
         """
         stream = _BarStream()
         if not self._opened:
             await self.open()
-        runner = _SinkRunner(stream, "bars()", self._sink_buffer, "block", False, self._fail)
+        runner = _SinkRunner(stream, "bars()", self._sink_buffer, "block", False, self._fail, partial)
         runner.start()
         self._runners.append(runner)
+        self._start_partials()
         task = None if self._running else asyncio.create_task(self.run())
         try:
             while True:

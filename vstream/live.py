@@ -60,8 +60,22 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
         "--gap-timeout", type=float, default=60.0, metavar="S",
         help="seconds a trade-id gap may stay unfilled before its minutes are emitted flagged (60)",
     )
+    live.add_argument(
+        "--partial", type=_seconds, metavar="SECONDS",
+        help='also print the open minute\'s bar every SECONDS with "final": false (finished bars: true)',
+    )
     add_settings_options(live)
     live.set_defaults(handler=run_live)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds: {text!r}")
+    return value
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, on_signal: Callable[[], None]) -> Callable[[], None]:
@@ -121,12 +135,15 @@ async def run_live(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(_encoder.encode(bar) + b"\n")
             sys.stdout.flush()
 
+        partial = getattr(args, "partial", None)
         engine = Engine(
             [source],
-            sinks=[show],
+            sinks=[] if partial else [show],
             settings=settings,
             vault=vault,
             checkpoint_interval=_checkpoint_interval(),
+            partial_sinks=[show] if partial else [],
+            partial_every=partial or 1.0,
         )
         signals = 0
 
