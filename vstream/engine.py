@@ -583,11 +583,16 @@ class Engine:
             next_minute = (int(now * 1000) // MINUTE_MS + 1) * MINUTE_MS / 1000
             # Wake at the earliest deadline, but often enough to follow a clock a test moves.
             await asyncio.sleep(max(0.0, min(next_minute + grace - now, 0.25)))
-            closed = self._close_due()
-            for pipe, bars in closed:
-                await self._emit(pipe, bars)
-            if closed:
-                await self.checkpoint()
+            # Shielded: a stop cancels this task, and a minute closed here but cut off before
+            # its bar is written (and checkpointed) would be lost to a live session.
+            await _shielded(self._close_on_clock())
+
+    async def _close_on_clock(self) -> None:
+        closed = self._close_due()
+        for pipe, bars in closed:
+            await self._emit(pipe, bars)
+        if closed:
+            await self.checkpoint()
 
     # -- durability ------------------------------------------------------------------------
 
