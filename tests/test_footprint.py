@@ -3,6 +3,7 @@ running delta's extremes and the day's CVD, higher timeframes, and bars in progr
 
 from __future__ import annotations
 
+import json
 import random
 
 import msgspec
@@ -417,3 +418,68 @@ def test_resumed_anywhere_equals_one_run(trades, cuts, dupes):
     got += asm.close()
     assert msgspec.json.encode(got) == msgspec.json.encode(expected)
     assert asm.counters == one.counters
+
+
+# -- signals -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def flow_vault(tmp_path):
+    """Four minutes replayed with a footprint of tick 1: a stack of buy imbalances in the
+    first, then POCs 101 -> 105 -> 103 -> 103."""
+    from support import trade_line
+
+    from vstream.cli import main
+    from vstream.instruments import VaultPaths
+
+    rows = [
+        ("99", "10", "sell", 0), ("100", "300", "buy", 0), ("100", "10", "sell", 0),
+        ("101", "300", "buy", 0), ("101", "10", "sell", 0), ("102", "300", "buy", 0),
+        ("105", "1", "buy", 1), ("103", "1", "sell", 2), ("103.5", "1", "buy", 3),
+    ]  # fmt: skip
+    lines = [trade_line(i + 1, px, sz, side, M0 + 60_000 * minute + i) for i, (px, sz, side, minute) in enumerate(rows)]
+    raw = VaultPaths.of(tmp_path, "BTC-USDT-SWAP").raw_dir
+    raw.mkdir(parents=True)
+    (raw / "2025-12-14.jsonl").write_text("".join(line + "\n" for line in lines))
+    base = ["replay", "--instId", "BTC-USDT-SWAP", "--vault", str(tmp_path), "--final", "--footprint", "1"]
+    assert main(["-q", *base]) == 0
+    return tmp_path
+
+
+def stamps(capsys, vault, *flags: str) -> list[str]:
+    from vstream.cli import main
+
+    assert main(["signals", "--instId", "BTC-USDT-SWAP", "--vault", str(vault), "--json", *flags]) == 0
+    return [json.loads(line)["timestamp_utc"][11:16] for line in capsys.readouterr().out.splitlines()]
+
+
+def test_signals_find_stacked_imbalances_and_poc_shifts(flow_vault, capsys):
+    assert stamps(capsys, flow_vault, "--stacked-imbalance", "buy") == ["21:30"]
+    assert stamps(capsys, flow_vault, "--stacked-imbalance", "sell") == []
+    assert stamps(capsys, flow_vault, "--poc-shift") == ["21:31", "21:32"]  # 101 -> 105 -> 103
+    assert stamps(capsys, flow_vault, "--poc-shift", "up") == ["21:31"]
+    assert stamps(capsys, flow_vault, "--poc-shift", "down") == ["21:32"]
+    assert stamps(capsys, flow_vault, "--poc-shift", "--poc-shift-min", "3") == ["21:31"]
+    assert stamps(capsys, flow_vault, "--poc-shift", "--poc-shift-min", "4") == ["21:31"]
+    assert stamps(capsys, flow_vault, "--poc-shift", "--poc-shift-min", "4.5") == []
+    # the previous bar of the first one in range lies before --since
+    assert stamps(capsys, flow_vault, "--poc-shift", "--since", "2025-12-14T21:32Z") == ["21:32"]
+    # signals are alternatives: either one
+    assert stamps(capsys, flow_vault, "--poc-shift", "down", "--stacked-imbalance", "buy") == ["21:30", "21:32"]
+    from vstream.cli import main
+
+    assert main(["signals", "--instId", "BTC-USDT-SWAP", "--vault", str(flow_vault), "--stacked-imbalance", "buy"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 2 and table[1].endswith("stacked-buy")
+
+
+def test_poc_shift_needs_footprints_on_both_bars():
+    from vstream.query import poc_shift
+
+    asm = BarAssembler(LINEAR, Settings(footprint_tick=1))
+    bars = asm.feed([make_trade(1, "100", 1, "buy", M0), make_trade(2, "102", 1, "buy", M0 + 60_000)]) + asm.close()
+    plain = msgspec.structs.replace(bars[0], poc=msgspec.UNSET)
+    assert poc_shift(bars[1], bars[0], "up")
+    assert not poc_shift(bars[1], plain, "any")
+    assert not poc_shift(bars[1], None, "any")
+    assert not poc_shift(bars[0], bars[1], "up")
