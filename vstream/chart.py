@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .assembler import Bar
 from .errors import ConfigError, SinkError
@@ -349,7 +349,14 @@ def _symbol(kind: str, x: float, y: float, r: float) -> str:
     return f'<circle cx="{_fmt(x)}" cy="{_fmt(y)}" r="{_fmt(r)}" fill="{color}"/>'
 
 
-def html_page(chart: Chart, title: str) -> str:
+class Drawing(Protocol):
+    """What :func:`write_chart` writes: a :class:`Chart` or a footprint view."""
+
+    @property
+    def svg(self) -> str: ...
+
+
+def html_page(chart: Drawing, title: str) -> str:
     """The chart in a minimal, self-contained HTML page (no script, no external resource)."""
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -373,7 +380,7 @@ def svg_to_png(svg: str) -> bytes:
     return bytes(data)
 
 
-def write_chart(chart: Chart, path: str | os.PathLike[str], title: str = "vstream chart") -> Path:
+def write_chart(chart: Drawing, path: str | os.PathLike[str], title: str = "vstream chart") -> Path:
     """Write the chart as ``.svg``, ``.html`` or ``.png`` (by the file's suffix)."""
     target = Path(path)
     suffix = target.suffix.lower()
@@ -409,6 +416,8 @@ def register_chart(sub: Any) -> None:
     p.add_argument("--last", type=int, metavar="N", help=f"the last N bars of the range (default {CANDLE_LIMIT // 2} without --since)")
     p.add_argument("--style", choices=["auto", "candles", "line"], default="auto",
                    help=f"price as candles or a close line (auto: candles up to {CANDLE_LIMIT} bars)")
+    p.add_argument("--footprint", action="store_true",
+                   help="draw the bars' footprints (levels, POC, value area, imbalances) instead")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write (.svg, .html or .png)")
 
     async def handler(args: Any) -> int:
@@ -437,11 +446,27 @@ def _chart(args: Any) -> int:
         raise ConfigError("--last must be >= 1")
     found = (bar for bar, _ in read_bars(paths, args.timeframe, since, until))
     bars = list(deque(found, maxlen=last)) if last is not None else list(found)
+    if getattr(args, "footprint", False):
+        return _footprint_chart(args, bars)
     chart = render(bars, style=args.style)
     target = write_chart(chart, args.output, title=f"{args.inst_id} {args.timeframe}")
     kinds = {k: sum(m.kind == k for m in chart.markers) for k in MARKER_COLORS}
     print(
         f"{target}: {len(bars)} {args.timeframe} bars {bars[0].timestamp_utc} .. {bars[-1].timestamp_utc}, "
         f"{chart.style}; markers: " + " ".join(f"{k}={n}" for k, n in kinds.items())
+    )
+    return 0
+
+
+def _footprint_chart(args: Any, bars: list[Bar]) -> int:
+    from .footprint_chart import render_footprint
+
+    view = render_footprint(bars)
+    target = write_chart(view, args.output, title=f"{args.inst_id} {args.timeframe} footprint")
+    rows = f", {view.levels_per_row} levels a row" if view.levels_per_row > 1 else ""
+    print(
+        f"{target}: {len(bars)} {args.timeframe} bars {bars[0].timestamp_utc} .. {bars[-1].timestamp_utc}, "
+        f"footprint tick {view.tick}{rows}; cells={len(view.cells)} "
+        f"imbalances={sum(c.buy_imbalance + c.sell_imbalance for c in view.cells)}"
     )
     return 0
