@@ -483,3 +483,25 @@ def test_poc_shift_needs_footprints_on_both_bars():
     assert not poc_shift(bars[1], plain, "any")
     assert not poc_shift(bars[1], None, "any")
     assert not poc_shift(bars[0], bars[1], "up")
+
+
+def test_turning_the_footprint_off_or_on_asks_for_rebuild(flow_vault, capsys):
+    from vstream.cli import main
+    from vstream.instruments import VaultPaths
+
+    base = ["replay", "--instId", "BTC-USDT-SWAP", "--vault", str(flow_vault), "--final"]
+    with_fp = VaultPaths.of(flow_vault, "BTC-USDT-SWAP").output().read_bytes()
+    assert main([*base, "--footprint", "1"]) == 0  # same settings: nothing to do
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "footprint" in err and "--rebuild" in err
+    assert main([*base, "--footprint", "2"]) == 2
+    assert main([*base, "--footprint", "1", "--cvd"]) == 2
+    assert VaultPaths.of(flow_vault, "BTC-USDT-SWAP").output().read_bytes() == with_fp
+    assert main([*base, "--rebuild"]) == 0
+    plain = VaultPaths.of(flow_vault, "BTC-USDT-SWAP").output().read_bytes()
+    assert b'"footprint"' not in plain and plain.count(b"\n") == with_fp.count(b"\n")
+    # the bars without the option are the bars with it, cut after fill_count
+    for a, b in zip(plain.splitlines(), with_fp.splitlines(), strict=True):
+        assert b.startswith(a[:-1] + b',"footprint":')

@@ -190,7 +190,7 @@ class InstrumentStore:
             raise StateError(f"{self.inst_id}: state {state_path} belongs to {state.instId}; {hint}")
         if state.fingerprint != self.fingerprint:
             raise StateError(
-                f"{self.inst_id}: the settings that shape bars (thresholds, ctVal, timeframes) "
+                f"{self.inst_id}: the settings that shape bars (thresholds, ctVal, timeframes, footprint, cvd) "
                 f"changed since the state was written; {hint}"
             )
         lengths = {"1m": state.output_length, **state.timeframe_lengths}
