@@ -108,7 +108,8 @@ def test_compiled_and_interpreted_kernels_agree(items, cuts, resume_at, inverse,
     instrument = INVERSE if inverse else LINEAR
     installed = _run(instrument, items, cuts, resume_at, flow)
     with mock.patch.multiple(
-        vstream.assembler, fold=PURE.fold, MinuteRun=PURE.MinuteRun, flow_rows=PURE.flow_rows
+        vstream.assembler, fold=PURE.fold, MinuteRun=PURE.MinuteRun, flow_rows=PURE.flow_rows,
+        fold_flow=PURE.fold_flow,
     ):
         interpreted = _run(instrument, items, cuts, resume_at, flow)
     assert installed == interpreted

@@ -21,7 +21,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from .instruments import Instrument
-from .kernel import MINUTE_MS, MinuteRun, flow_rows, fold
+from .kernel import MINUTE_MS, MinuteRun, flow_rows, fold, fold_flow
 from .settings import TIMEFRAMES, Settings, tick_fraction
 from .trades import Trade
 
@@ -635,8 +635,15 @@ class BarAssembler:
         batch = trades if type(trades) is list else list(trades)
         run.late = run.duplicates = run.accepted = 0
         done = 0
+        extra = run.footprint or run.flow
         while True:
-            done = fold(run, batch, done)
+            if extra:
+                run.dropped.clear()
+                begin = done
+                done = fold(run, batch, done)
+                fold_flow(run, batch, begin, done)
+            else:
+                done = fold(run, batch, done)
             agg = self._sync()
             if done >= len(batch):
                 break

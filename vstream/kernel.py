@@ -103,11 +103,15 @@ class MinuteRun:
     (micro-dollars).
 
     With ``flow`` on, ``items`` keeps the minute's accepted trades (the trade objects
-    themselves, or ``(ts, tradeId, signed micro-dollars)`` rows after a resume) and
-    ``dmin``/``dmax`` the running delta's extremes. While every trade is later by
-    ``(ts, tradeId)`` than those before it (the usual case) the extremes follow trade by
-    trade; once one is not, ``disordered`` is set and :func:`flow_rows` lets the caller
-    find them in ``(ts, tradeId)`` order.
+    themselves, or ``(ts, tradeId, signed micro-dollars)`` rows after a resume), ``delta``
+    their running delta and ``dmin``/``dmax`` its extremes. While every trade is later by
+    ``(ts, tradeId)`` than those before it (the usual case; ``last_ts``/``last_tid`` is the
+    latest) the extremes follow trade by trade; once one is not, ``disordered`` is set and
+    :func:`flow_rows` lets the caller find them in ``(ts, tradeId)`` order.
+
+    Both are folded by :func:`fold_flow`, a pass of their own over the trades :func:`fold`
+    took (``dropped`` holds the indexes it did not take), so the fold of a run without them
+    is what it was before they existed.
     """
 
     def __init__(
@@ -129,9 +133,13 @@ class MinuteRun:
         self.book: dict[int, list[int]] = {}
         self.levels: dict[str, int] = {}
         self.items: list[Any] = []
+        self.delta = 0
         self.dmin = 0
         self.dmax = 0
         self.disordered = False
+        self.last_ts = -1
+        self.last_tid = ""
+        self.dropped: list[int] = []
         self.prices: dict[str, float] = {}
         self.open = False
         self.lo_ms = 0
@@ -228,28 +236,29 @@ class MinuteRun:
         self.set_ids([])
         # (the closed minute's aggregate keeps the old book)
         self.book = {}
-        self.items = []
-        self.disordered = False
+        self.set_rows([])
 
     def set_rows(self, rows: list[tuple[int, str, int]]) -> None:
         """Continue the open minute's delta flow from ``rows`` (as :func:`flow_rows` gives)."""
         self.items = list(rows)
-        running = 0
+        self.delta = 0
         self.dmin = self.dmax = rows[0][2] if rows else 0
         self.disordered = False
-        last_ts = -1
+        self.last_ts = -1
+        self.last_tid = ""
         last_id = -1
         for ts, tid, amount in rows:
-            running += amount
+            self.delta += amount
             iid = int(tid)
-            if ts < last_ts or (ts == last_ts and iid <= last_id):
+            if ts < self.last_ts or (ts == self.last_ts and iid <= last_id):
                 self.disordered = True
-            last_ts = ts
+            self.last_ts = ts
+            self.last_tid = tid
             last_id = iid
-            if running < self.dmin:
-                self.dmin = running
-            if running > self.dmax:
-                self.dmax = running
+            if self.delta < self.dmin:
+                self.dmin = self.delta
+            if self.delta > self.dmax:
+                self.dmax = self.delta
 
     def set_ids(self, ids: list[str]) -> None:
         """The trade ids already taken in the open minute."""
@@ -323,20 +332,9 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     seen = run.seen
     ids = run.ids
     top = run.top
-    footprint = run.footprint
-    book = run.book
-    levels = run.levels
-    # Trades of one level come in runs: their sums stay in locals until the level changes.
-    level = -1
-    level_buy = 0
-    level_sell = 0
-    level_trades = 0
-    k = -1
-    flow = run.flow
-    items = run.items
-    dmin = run.dmin
-    dmax = run.dmax
-    disordered = run.disordered
+    # With order flow on, the indexes of trades dropped here, so fold_flow can skip them
+    # (only ever touched on the rare late and duplicate paths).
+    extra = run.footprint or run.flow
     late = 0
     dup = 0
     taken = 0
@@ -373,6 +371,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
         if ts >= hi_ms or ts < lo_ms:
             if ts < lo_ms or ts < floor_ms:
                 late += 1
+                if extra:
+                    run.dropped.append(i)
                 i += 1
                 continue
             if is_open:
@@ -406,18 +406,6 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             seen = [tid]
             ids = set()
             top = tid
-            if footprint:
-                q_level = levels.get(px)
-                k = q_level if q_level is not None else run.level(px)
-                book = {}
-                level = k
-                level_buy = buy
-                level_sell = sell
-                level_trades = 1
-            if flow:
-                items = [item]
-                dmin = dmax = buy - sell
-                disordered = False
             taken += 1
             i += 1
             continue
@@ -433,6 +421,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
                 ids.update(seen)
             if tid in ids:
                 dup += 1
+                if extra:
+                    run.dropped.append(i - 1)
                 continue
             ids.add(tid)
             seen.append(tid)
@@ -443,9 +433,6 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             p = q if q is not None else run.price(px)
             last_px = px
             last_p = p
-            if footprint:
-                q_level = levels.get(px)
-                k = q_level if q_level is not None else run.level(px)
         # int(x + 0.5) rounds halves up for x > 0 (sz, price and scale are all > 0)
         amount = int(sz * (p if linear else 1.0) * scale + 0.5)
         if side == "buy":
@@ -458,23 +445,6 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
         count += 1
         fills += fill
         taken += 1
-        if footprint:
-            if k != level:
-                if level_trades:
-                    cell = book.get(level)
-                    if cell is None:
-                        book[level] = [level_buy, level_sell, level_trades]
-                    else:
-                        cell[0] += level_buy
-                        cell[1] += level_sell
-                        cell[2] += level_trades
-                level = k
-                level_buy = level_sell = level_trades = 0
-            if side == "buy":
-                level_buy += amount
-            else:
-                level_sell += amount
-            level_trades += 1
         # Order by (ts, tradeId as integer). Stamps tie often; ids of equal length (digits
         # only) then compare as text, which is cheaper than int() and gives the same order.
         if ts >= c_ts:
@@ -510,27 +480,6 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             low = p
             l_ts = ts
             l_id = int(tid)
-        if flow:
-            items.append(item)
-            # The trade just became the close exactly when it is later than every trade so
-            # far (ids are unique in the minute): then the running delta in (ts, tradeId)
-            # order is buy - sell now.
-            if c_tid is tid:
-                d = buy - sell
-                if d < dmin:
-                    dmin = d
-                elif d > dmax:
-                    dmax = d
-            else:
-                disordered = True
-    if footprint and level_trades:
-        cell = book.get(level)
-        if cell is None:
-            book[level] = [level_buy, level_sell, level_trades]
-        else:
-            cell[0] += level_buy
-            cell[1] += level_sell
-            cell[2] += level_trades
     run.open = is_open
     run.lo_ms = lo_ms
     run.floor_ms = floor_ms
@@ -558,15 +507,145 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     run.seen = seen
     run.ids = ids
     run.top = top
-    run.book = book
-    run.items = items
-    run.dmin = dmin
-    run.dmax = dmax
-    run.disordered = disordered
     run.late += late
     run.duplicates += dup
     run.accepted += taken
     return i
+
+
+def fold_flow(run: MinuteRun, trades: list[Any], start: int, stop: int) -> None:
+    """Add ``trades[start:stop]``, less the ``run.dropped`` indexes, to the open minute's
+    footprint and delta flow: the trades :func:`fold` just took, all of the open minute.
+
+    A pass of its own, so a run without order flow pays nothing for it; a trade's notional is
+    computed exactly as :func:`fold` computes it.
+    """
+    if start >= stop:
+        return
+    footprint = run.footprint
+    flow = run.flow
+    scale = run.scale
+    linear = run.linear
+    prices = run.prices
+    levels = run.levels
+    book = run.book
+    items = run.items
+    dmin = run.dmin
+    dmax = run.dmax
+    disordered = run.disordered
+    delta = run.delta
+    last_ts = run.last_ts
+    last_tid = run.last_tid
+    last_id = -1
+    dropped = run.dropped
+    skip = 0
+    next_skip = dropped[0] if dropped else stop
+    # Trades of one level come in runs: their sums stay in locals until the level changes.
+    level = -1
+    level_buy = 0
+    level_sell = 0
+    level_trades = 0
+    k = -1
+    last_px = ""
+    last_p = 0.0
+    rows = row_type(trades[start])
+    ts = 0
+    tid = ""
+    px = ""
+    sz = 0.0
+    side = ""
+    for i in range(start, stop):
+        if i == next_skip:
+            skip += 1
+            next_skip = dropped[skip] if skip < len(dropped) else stop
+            continue
+        item = trades[i]
+        if type(item) is rows:
+            row: tuple[Any, ...] = astuple(cast(Any, item))
+            tid = row[1]
+            px = row[2]
+            sz = row[3]
+            side = row[4]
+            ts = row[5]
+        else:
+            t: TradeLike = item
+            tid = t.tradeId
+            px = t.px
+            sz = t.sz
+            side = t.side
+            ts = t.ts
+        if px == last_px:
+            p = last_p
+        else:
+            q = prices.get(px)
+            p = q if q is not None else run.price(px)
+            last_px = px
+            last_p = p
+            if footprint:
+                q_level = levels.get(px)
+                k = q_level if q_level is not None else run.level(px)
+        # (as in fold: int(x + 0.5) rounds halves up for x > 0)
+        amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+        if footprint:
+            if k != level:
+                if level_trades:
+                    cell = book.get(level)
+                    if cell is None:
+                        book[level] = [level_buy, level_sell, level_trades]
+                    else:
+                        cell[0] += level_buy
+                        cell[1] += level_sell
+                        cell[2] += level_trades
+                level = k
+                level_buy = level_sell = level_trades = 0
+            if side == "buy":
+                level_buy += amount
+            else:
+                level_sell += amount
+            level_trades += 1
+        if flow:
+            delta += amount if side == "buy" else -amount
+            if not items:
+                dmin = dmax = delta
+                last_ts = ts
+                last_tid = tid
+                last_id = -1
+            elif not disordered:
+                # Later by (ts, tradeId as integer) than every trade so far: the running
+                # delta in that order is, so far, the running delta in arrival order.
+                later = ts > last_ts
+                if ts == last_ts:
+                    if len(tid) == len(last_tid):
+                        later = tid > last_tid
+                    else:
+                        if last_id < 0:
+                            last_id = int(last_tid)
+                        later = int(tid) > last_id
+                if later:
+                    if delta < dmin:
+                        dmin = delta
+                    elif delta > dmax:
+                        dmax = delta
+                    last_ts = ts
+                    last_tid = tid
+                    last_id = -1
+                else:
+                    disordered = True
+            items.append(item)
+    if footprint and level_trades:
+        cell = book.get(level)
+        if cell is None:
+            book[level] = [level_buy, level_sell, level_trades]
+        else:
+            cell[0] += level_buy
+            cell[1] += level_sell
+            cell[2] += level_trades
+    run.dmin = dmin
+    run.dmax = dmax
+    run.disordered = disordered
+    run.delta = delta
+    run.last_ts = last_ts
+    run.last_tid = last_tid
 
 
 def flow_rows(run: MinuteRun) -> list[tuple[int, str, int]]:
