@@ -140,3 +140,26 @@ async def test_live_partial_prints_bars_in_progress_and_writes_only_final_ones(t
     written = VaultPaths.of(vault, INST).output()
     if written.exists():  # the minute may still be open when the session stops
         assert b'"final"' not in written.read_bytes()
+
+
+async def test_a_clock_jump_gives_one_bar_in_progress_not_a_burst() -> None:
+    clock = Clock(M0 / 1000 + 10)
+    source = TrickleSource(INST, [make_trade(1, "100", 1, "buy", M0 + 1000)], final=False)
+    engine = Engine([source], settings=Settings(grace=3600.0), clock=clock, partial_every=5.0)
+    seen: list[Bar] = []
+    async with engine:
+
+        async def consume() -> None:
+            async for bar in engine.bars(partial=True):
+                seen.append(bar)
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        clock.t += 100  # twenty intervals at once
+        await asyncio.sleep(0.8)
+        assert [b.final for b in seen] == [False]
+        clock.t += 5
+        await asyncio.sleep(0.8)
+        assert [b.final for b in seen] == [False, False]
+        engine.stop()
+        await task

@@ -554,7 +554,9 @@ class Engine:
             now = self._clock()
             if now < due:
                 continue
-            due = max(due + self._partial_every, now)
+            due += self._partial_every
+            if due <= now:  # the clock jumped (or the loop was held up): no burst to catch up
+                due = now + self._partial_every
             # Live: a minute already due to close on the clock is not shown as forming.
             now_ms = int(now * 1000) if self._live else None
             for pipe in self._pipes.values():
