@@ -221,6 +221,10 @@ class Engine:
     §7): the engine locks the instrument, resumes from its state, appends bars to
     ``volume_1m.jsonl`` and checkpoints every ``checkpoint_interval`` seconds and at the end.
 
+    ``partial_sinks`` also get, every ``partial_every`` seconds of ``clock``, each open
+    minute's bar as it stands (``final`` false), and every finished bar with ``final`` true;
+    ``engine.bars(partial=True)`` is such a stream. Bars in progress reach nothing else.
+
     Use it as an async context manager, then ``await engine.run()`` or iterate
     ``engine.bars()``. ``engine.stop()`` ends a run cleanly; cancelling the task running it
     flushes and checkpoints too before the cancellation propagates.
