@@ -619,9 +619,9 @@ class BarAssembler:
             scale,
             not instrument.inverse,
             round(settings.whale_usd * MICRO),
-            tick[0] if tick is not None else 0,
-            tick[1] if tick is not None else 1,
-            settings.cvd,
+            tick_num=tick[0] if tick is not None else 0,
+            tick_den=tick[1] if tick is not None else 1,
+            flow=settings.cvd,
         )
         if state is not None:
             self.restore(state)

@@ -119,6 +119,7 @@ class MinuteRun:
         scale: float,
         linear: bool,
         whale_at: int,
+        *,
         tick_num: int = 0,
         tick_den: int = 1,
         flow: bool = False,
