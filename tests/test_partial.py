@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
-from vstream import Bar, Engine, Settings
+from vstream import Bar, ConfigError, Engine, Settings
 from vstream.instruments import VaultPaths
 from vstream.testing import ListSource, make_trade
 from vstream.testing.fake_okx import FakeOkxServer
@@ -163,3 +164,13 @@ async def test_a_clock_jump_gives_one_bar_in_progress_not_a_burst() -> None:
         assert [b.final for b in seen] == [False, False]
         engine.stop()
         await task
+
+
+def test_a_partial_interval_must_be_positive(capsys) -> None:
+    from vstream.cli import main
+
+    with pytest.raises(ConfigError, match="partial_every"):
+        Engine([ListSource(INST, [])], partial_every=0)
+    for bad in ("0", "-1", "soon", "inf"):
+        assert main(["live", "--instId", INST, "--partial", bad]) == 2
+        assert "--partial" in capsys.readouterr().err
