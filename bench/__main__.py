@@ -22,6 +22,9 @@ What is measured, exactly:
   against the same instruments replayed one after the other; outputs compared byte for byte.
 * **pandas** (optional, ``pip install .[bench]``) — what a user might write instead:
   ``pandas.read_json(lines=True)`` of the whole file and a one-minute ``resample``.
+* **order flow** (``--footprint TICK``) — the same replay with ``--footprint TICK``, with
+  ``--cvd`` and with both, taking turns with the plain replay in each round; each is given
+  with its time over the plain one's, round by round.
 * **live** — a loopback :class:`~vstream.testing.fake_okx.FakeOkxServer` in a child process
   pushes trade frames to an :class:`~vstream.engine.Engine` with the OKX source: the CPU time
   of the receiving process per trade (websocket frame to bar assembler, everything included),
@@ -139,12 +142,22 @@ def run_cli(args: list[str]) -> dict[str, Any]:
     return report
 
 
-def replay(vault: Path, inst_ids: list[str] | None, repeat: int) -> list[dict[str, Any]]:
+def replay(vault: Path, inst_ids: list[str] | None, repeat: int, *extra: str) -> list[dict[str, Any]]:
     which = ["--all"] if inst_ids is None else [a for i in inst_ids for a in ("--instId", i)]
     return [
-        run_cli(["replay", *which, "--vault", str(vault), "--final", "--rebuild"])
+        run_cli(["replay", *which, "--vault", str(vault), "--final", "--rebuild", *extra])
         for _ in range(repeat)
     ]
+
+
+def order_flow(vault: Path, repeat: int, variants: dict[str, list[str]]) -> dict[str, list[float]]:
+    """Replay seconds of each variant (name -> extra replay flags), the variants taking turns
+    in each round so that every round compares runs made seconds apart."""
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeat):
+        for name, flags in variants.items():
+            seconds[name] += [r["seconds"] for r in replay(vault, [INST], 1, *flags)]
+    return seconds
 
 
 def _outputs(vault: Path) -> list[Path]:
@@ -320,6 +333,8 @@ def main() -> None:
     parser.add_argument("--no-live", action="store_true", help="skip the live figures")
     parser.add_argument("--no-bar-wait", action="store_true", help="live: skip the bar latency (waits up to a minute)")
     parser.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
+    parser.add_argument("--footprint", metavar="TICK",
+                        help="also replay with --footprint TICK (and --cvd), beside the plain replay")
     args = parser.parse_args()
 
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="vstream-bench-"))
@@ -362,6 +377,20 @@ def main() -> None:
         ratios = sorted(r["seconds"] / f for r, (f, _) in zip(runs, floors, strict=True))
         show("replay / decode floor, each round", "  ".join(f"{x:.2f}" for x in ratios) + " x")
         show("replay peak RSS", f"{max(r['maxrss_kb'] for r in runs) / 1024:>12.0f} MB")
+
+        if args.footprint:
+            variants = {
+                "plain": [],
+                f"--footprint {args.footprint}": ["--footprint", args.footprint],
+                "--cvd": ["--cvd"],
+                f"--footprint {args.footprint} --cvd": ["--footprint", args.footprint, "--cvd"],
+            }
+            timed = order_flow(vault, args.repeat, variants)
+            plain = timed["plain"]
+            for name, secs in timed.items():
+                fastest = min(secs)
+                cost = "  ".join(f"{s / p:.2f}" for s, p in zip(secs, plain, strict=True))
+                show(f"replay {name}"[:44], f"{lines / fastest:>12,.0f} trades/s  {fastest:6.2f} s  (/ plain, each round: {cost} x)")
 
         if not args.no_multi:
             m = multi(tmp, args.trades // 2, args.repeat)

@@ -20,7 +20,10 @@ import vstream
 from vstream.generate import generate_vault
 from vstream.settings import load_config, make_settings
 
-COLUMNS = [name for name in vstream.Bar.__struct_fields__ if name not in ("gap", "timeframe")]
+# The keys every bar has (SPEC §5), up to fill_count; the optional ones after it (gap,
+# timeframe, the order-flow keys) are left out of this table.
+_FIELDS = vstream.Bar.__struct_fields__
+COLUMNS = list(_FIELDS[: _FIELDS.index("fill_count") + 1])
 
 
 class SqliteSink:

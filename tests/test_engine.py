@@ -14,6 +14,7 @@ import pytest
 import vstream
 from vstream import Bar, ConfigError, Engine, ReplaySource, Settings, SinkError, VaultPaths
 from vstream.generate import generate_vault
+from vstream.sinks.jsonl import JsonlSink
 from vstream.testing import CollectingSink, ListSource, make_trade
 
 INST = "BTC-USDT-SWAP"
@@ -286,3 +287,35 @@ async def test_a_live_source_gets_wall_clock_closing_from_the_engine():
         engine.stop()
         await task
     assert [b.timestamp_utc for b in bars] == ["2025-12-14T21:34:00Z"]
+
+
+async def test_stopping_while_the_clock_closes_a_minute_still_writes_its_bar(tmp_path, monkeypatch):
+    # The ticker closes a minute and writes it; a stop that lands while that write is under
+    # way must not cancel it halfway (a live bar without a recording cannot be recomputed).
+    m0 = 1_765_748_040_000
+    clock = _Clock(m0 / 1000 + 10)
+    writing = asyncio.Event()
+    release = asyncio.Event()
+    real_append = JsonlSink.append
+
+    async def slow_append(self: JsonlSink, data: bytes) -> int:
+        if data and self.path.name == "volume_1m.jsonl":
+            writing.set()
+            await release.wait()
+        return await real_append(self, data)
+
+    monkeypatch.setattr(JsonlSink, "append", slow_append)
+    source = _TrickleSource(INST, [make_trade(1, "100", 1, "buy", m0 + 5_000)], final=False)
+    engine = Engine([source], settings=Settings(grace=2.0), clock=clock, vault=tmp_path)
+    async with engine:
+        task = asyncio.create_task(engine.run())
+        await asyncio.sleep(0.3)
+        clock.t = m0 / 1000 + 62.0
+        async with asyncio.timeout(5):
+            await writing.wait()
+        engine.stop()
+        await asyncio.sleep(0.3)
+        release.set()
+        await task
+    written = VaultPaths.of(tmp_path, INST).output().read_bytes()
+    assert written.count(b"\n") == 1 and b'"2025-12-14T21:34:00Z"' in written

@@ -67,15 +67,24 @@ def trades(draw: st.DrawFn):
     return out
 
 
-def _run(instrument: Instrument, items, cuts: list[int], resume_at: int) -> tuple[bytes, ...]:
-    """Bars, counters and final snapshot of feeding ``items`` in pieces, resuming once."""
-    cfg = Settings(timeframes=["1m", "5m"], min_history=1)
+def _run(
+    instrument: Instrument, items, cuts: list[int], resume_at: int, flow: bool = False
+) -> tuple[bytes, ...]:
+    """Bars, counters and final snapshot of feeding ``items`` in pieces, resuming once
+    (with ``flow``: footprint, delta extremes and CVD on, and a look at the bar in progress
+    after each piece)."""
+    extra = {"footprint_tick": 0.5, "cvd": True} if flow else {}
+    cfg = Settings(timeframes=["1m", "5m"], min_history=1, **extra)
     asm = BarAssembler(instrument, cfg)
     bars = []
     start = 0
     for number, cut in enumerate([*cuts, len(items)]):
         bars += asm.feed(items[start:cut])
         start = max(start, cut)
+        if flow:
+            partial = asm.partial()
+            if partial is not None:
+                bars.append(partial)
         if number == resume_at:
             asm = BarAssembler(instrument, cfg, state=asm.snapshot())
     snap = asm.snapshot()
@@ -93,12 +102,16 @@ def _run(instrument: Instrument, items, cuts: list[int], resume_at: int) -> tupl
     cuts=st.lists(st.integers(0, 60), max_size=4).map(sorted),
     resume_at=st.integers(-1, 4),
     inverse=st.booleans(),
+    flow=st.booleans(),
 )
-def test_compiled_and_interpreted_kernels_agree(items, cuts, resume_at, inverse):
+def test_compiled_and_interpreted_kernels_agree(items, cuts, resume_at, inverse, flow):
     instrument = INVERSE if inverse else LINEAR
-    installed = _run(instrument, items, cuts, resume_at)
-    with mock.patch.multiple(vstream.assembler, fold=PURE.fold, MinuteRun=PURE.MinuteRun):
-        interpreted = _run(instrument, items, cuts, resume_at)
+    installed = _run(instrument, items, cuts, resume_at, flow)
+    with mock.patch.multiple(
+        vstream.assembler, fold=PURE.fold, MinuteRun=PURE.MinuteRun, flow_rows=PURE.flow_rows,
+        fold_flow=PURE.fold_flow,
+    ):
+        interpreted = _run(instrument, items, cuts, resume_at, flow)
     assert installed == interpreted
 
 

@@ -92,6 +92,11 @@ def place(vault: Path, first: bytes, second: bytes, upto: int, early: bool = Fal
         (raw / "2025-12-16.jsonl").write_bytes(second[: max(0, upto - len(first))])
 
 
+#: The order-flow options: footprint levels of 0.5 (prices above are 99.9 .. 101.25), the
+#: running delta's extremes and the day's CVD across the two days.
+ORDER_FLOW = ["--footprint", "0.5", "--stacked-levels", "2", "--cvd"]
+
+
 def replay(vault: Path, *extra: str) -> None:
     has_input = any(VaultPaths.of(vault, INST).raw_dir.iterdir())
     # No trade file at all is an error (exit 2) that leaves nothing behind.
@@ -99,23 +104,36 @@ def replay(vault: Path, *extra: str) -> None:
     assert has_input or not VaultPaths.of(vault, INST).state.exists()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=inputs(), cuts=st.lists(st.floats(0, 1), max_size=6), early=st.booleans())
-def test_runs_cut_anywhere_equal_one_final_run(tmp_path_factory, data, cuts, early):
+def check_runs_cut_anywhere(
+    base: Path, data: tuple[bytes, bytes, bool], cuts: list[float], early: bool, *flags: str
+) -> None:
     first, second, _ = data
-    base = tmp_path_factory.mktemp("resume")
     whole, pieces = base / "whole", base / "pieces"
     total = len(first) + len(second)
     place(whole, first, second, total)
-    replay(whole, "--final")
+    replay(whole, "--final", *flags)
     expected = files_of(whole)
+    if flags and expected["volume_1m.jsonl"]:
+        assert all(b'"poc"' in line and b'"cvd"' in line for line in expected["volume_1m.jsonl"].splitlines())
     for cut in sorted(int(c * total) for c in cuts):
         place(pieces, first, second, cut, early)
-        replay(pieces)
+        replay(pieces, *flags)
     place(pieces, first, second, total, early)
-    replay(pieces, "--final")
+    replay(pieces, "--final", *flags)
     assert files_of(pieces) == expected
     # A further --final run over the unchanged input changes nothing.
-    replay(pieces, "--final")
+    replay(pieces, "--final", *flags)
     assert files_of(pieces) == expected
     shutil.rmtree(base)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=inputs(), cuts=st.lists(st.floats(0, 1), max_size=6), early=st.booleans())
+def test_runs_cut_anywhere_equal_one_final_run(tmp_path_factory, data, cuts, early):
+    check_runs_cut_anywhere(tmp_path_factory.mktemp("resume"), data, cuts, early)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=inputs(), cuts=st.lists(st.floats(0, 1), max_size=6), early=st.booleans())
+def test_runs_cut_anywhere_equal_one_final_run_with_order_flow(tmp_path_factory, data, cuts, early):
+    check_runs_cut_anywhere(tmp_path_factory.mktemp("resume"), data, cuts, early, *ORDER_FLOW)

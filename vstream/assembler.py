@@ -21,12 +21,37 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from .instruments import Instrument
-from .kernel import MINUTE_MS, MinuteRun, fold
-from .settings import TIMEFRAMES, Settings
+from .kernel import MINUTE_MS, MinuteRun, flow_rows, fold, fold_flow
+from .settings import TIMEFRAMES, Settings, tick_fraction
 from .trades import Trade
 
 MICRO = 1_000_000
 _HALF = MICRO // 2
+
+
+class FootprintLevel(msgspec.Struct, gc=False):
+    """One price level of a bar's footprint: taker volumes (whole USD) and trade records."""
+
+    px: str
+    buy: str
+    sell: str
+    trades: int
+
+
+class Imbalance(msgspec.Struct, gc=False):
+    """A level whose taker volume on ``side`` outweighs the other side one level across."""
+
+    px: str
+    side: str
+
+
+class Stack(msgspec.Struct, gc=False):
+    """A run of adjacent levels imbalanced on the same side, ``low``..``high`` inclusive."""
+
+    side: str
+    low: str
+    high: str
+    levels: int
 
 
 class Bar(msgspec.Struct, gc=False, kw_only=True):
@@ -58,6 +83,21 @@ class Bar(msgspec.Struct, gc=False, kw_only=True):
     gap: bool | UnsetType = UNSET
     #: Present only on bars of a timeframe other than 1m ("5m", "15m", "1h").
     timeframe: str | UnsetType = UNSET
+    #: With a footprint tick: the levels in ascending price, point of control, value area
+    #: high/low, imbalanced levels and stacked runs of them (README "Order flow").
+    footprint: list[FootprintLevel] | UnsetType = UNSET
+    poc: str | UnsetType = UNSET
+    vah: str | UnsetType = UNSET
+    val: str | UnsetType = UNSET
+    imbalances: list[Imbalance] | UnsetType = UNSET
+    stacked: list[Stack] | UnsetType = UNSET
+    #: With ``cvd``: the running delta's low and high inside the bar, and the cumulative
+    #: delta of the UTC day up to the bar's end (signed whole USD).
+    delta_min: str | UnsetType = UNSET
+    delta_max: str | UnsetType = UNSET
+    cvd: str | UnsetType = UNSET
+    #: Only on bars of a partial stream: false while the bar is still forming.
+    final: bool | UnsetType = UNSET
 
 
 class Aggregate(msgspec.Struct, gc=False):
@@ -89,9 +129,21 @@ class Aggregate(msgspec.Struct, gc=False):
     trades: int = 0
     fills: int = 0
     gap: bool = False
+    #: Footprint: level (``floor(px / tick)``) -> [buy, sell, trades], micro-dollars.
+    book: dict[int, list[int]] | None = None
+    #: In a saved state only: the open minute's accepted trades as (ts, tradeId, signed
+    #: micro-dollars) in arrival order, so a resumed run can still order them.
+    deltas: list[tuple[int, str, int]] | None = None
+    #: The running delta's extremes in micro-dollars.
+    delta_min: int = 0
+    delta_max: int = 0
 
     def merge(self, other: Aggregate) -> None:
-        """Fold a later (or overlapping) aggregate into this one, order-independently."""
+        """Fold the aggregate of the period that follows this one into it.
+
+        Volumes, counts and footprints are order-independent sums; the running delta's
+        extremes continue from this period's delta, so ``other`` must come later in time.
+        """
         # Open/close: first/last by (ts, tradeId); high/low: the extreme price, ties going to
         # the first trade by that order. Each is one tuple comparison.
         if (other.open_ts, other.open_id) < (self.open_ts, self.open_id):
@@ -104,6 +156,21 @@ class Aggregate(msgspec.Struct, gc=False):
         if (other.low, other.low_ts, other.low_id) < (self.low, self.low_ts, self.low_id):
             self.low_px, self.low = other.low_px, other.low
             self.low_ts, self.low_id = other.low_ts, other.low_id
+        delta = self.buy - self.sell
+        self.delta_min = min(self.delta_min, delta + other.delta_min)
+        self.delta_max = max(self.delta_max, delta + other.delta_max)
+        if other.book is not None:
+            book = self.book
+            if book is None:
+                book = self.book = {}
+            for level, (buy, sell, trades) in other.book.items():
+                cell = book.get(level)
+                if cell is None:
+                    book[level] = [buy, sell, trades]
+                else:
+                    cell[0] += buy
+                    cell[1] += sell
+                    cell[2] += trades
         self.buy += other.buy
         self.sell += other.sell
         self.whale += other.whale
@@ -130,6 +197,10 @@ class SeriesState(msgspec.Struct):
     open: Aggregate | None = None
     window: list[int] = msgspec.field(default_factory=list)
     next_start: int = 0  # the earliest period start still accepted
+    #: The UTC day (days since the epoch) ``cvd`` belongs to, and that day's delta so far
+    #: (micro-dollars, bars finished).
+    cvd_day: int = -1
+    cvd: int = 0
 
 
 class AssemblerState(msgspec.Struct):
@@ -194,6 +265,127 @@ def _exact_whale(instrument: Instrument, whale_usd: float) -> Callable[[float, s
         return notional >= threshold
 
     return exact
+def _level_text(level: int, tick: tuple[int, int]) -> str:
+    """A level's price, ``level × tick``, as decimal text with the tick's decimals."""
+    num, den = tick
+    value = level * num
+    if den == 1:
+        return str(value)
+    whole, frac = divmod(value, den)
+    return "%d.%0*d" % (whole, len(str(den)) - 1, frac)
+
+
+def _usd(micro: int) -> str:
+    return str((micro + _HALF) // MICRO)
+
+
+def _signed_usd(micro: int) -> str:
+    rounded = _round_usd(micro)
+    return ("+%d" % rounded) if rounded >= 0 else str(rounded)
+
+
+def delta_extremes(deltas: list[tuple[int, str, int]]) -> tuple[int, int]:
+    """Lowest and highest running delta after each trade, in ``(ts, tradeId)`` order."""
+    ordered = sorted(deltas, key=lambda d: (d[0], int(d[1])))
+    running = 0
+    low = high = ordered[0][2]
+    for _, _, amount in ordered:
+        running += amount
+        if running < low:
+            low = running
+        elif running > high:
+            high = running
+    return low, high
+
+
+class Footprint(msgspec.Struct, gc=False):
+    """A bar's footprint keys, computed from its exact level totals."""
+
+    levels: list[FootprintLevel]
+    poc: str
+    vah: str
+    val: str
+    imbalances: list[Imbalance]
+    stacked: list[Stack]
+
+
+def footprint_of(
+    book: dict[int, list[int]],
+    tick: tuple[int, int],
+    ratio: tuple[int, int] = (3, 1),
+    stacked_levels: int = 3,
+    value_area: tuple[int, int] = (7, 10),
+) -> Footprint:
+    """The footprint keys of a bar from its levels (``level -> [buy, sell, trades]``, exact
+    micro-dollars); ``tick``, ``ratio`` and ``value_area`` as exact (numerator, denominator).
+
+    POC: the level with the most volume, the lowest on ties. Value area: from the POC, the
+    next traded level above and the next below are compared and the one with more volume
+    joins (the lower on ties), until the area holds ``value_area`` of the bar's volume.
+    Imbalance: buy at L ≥ ratio × sell at L − tick (buy), sell at L ≥ ratio × buy at L + tick
+    (sell), the level across inside the bar's range (untraded counts 0) and the side > 0.
+    """
+    keys = sorted(book)
+    text = [_level_text(k, tick) for k in keys]
+    cells = [book[k] for k in keys]
+    levels = [FootprintLevel(t, _usd(c[0]), _usd(c[1]), c[2]) for t, c in zip(text, cells, strict=True)]
+    volumes = [c[0] + c[1] for c in cells]
+    poc = 0
+    for i, volume in enumerate(volumes):
+        if volume > volumes[poc]:
+            poc = i
+    total = sum(volumes)
+    an, ad = value_area
+    lo = hi = poc
+    inside = volumes[poc]
+    n = len(keys)
+    while inside * ad < an * total:
+        up = volumes[hi + 1] if hi + 1 < n else -1
+        down = volumes[lo - 1] if lo > 0 else -1
+        if up > down:
+            hi += 1
+            inside += up
+        else:
+            lo -= 1
+            inside += down
+    ra, rb = ratio
+    first, last = keys[0], keys[-1]
+    imbalances: list[Imbalance] = []
+    runs: dict[str, list[int]] = {"buy": [], "sell": []}
+    for i, k in enumerate(keys):
+        buy, sell, _ = cells[i]
+        if buy > 0 and k > first:
+            below = book.get(k - 1)
+            if buy * rb >= ra * (below[1] if below is not None else 0):
+                imbalances.append(Imbalance(text[i], "buy"))
+                runs["buy"].append(i)
+        if sell > 0 and k < last:
+            above = book.get(k + 1)
+            if sell * rb >= ra * (above[0] if above is not None else 0):
+                imbalances.append(Imbalance(text[i], "sell"))
+                runs["sell"].append(i)
+    found: list[tuple[int, str, Stack]] = []
+    for side, marked in runs.items():
+        start = 0
+        for j in range(1, len(marked) + 1):
+            if j == len(marked) or keys[marked[j]] != keys[marked[j - 1]] + 1:
+                if j - start >= stacked_levels:
+                    low, high = marked[start], marked[j - 1]
+                    found.append((low, side, Stack(side, text[low], text[high], j - start)))
+                start = j
+    found.sort(key=lambda item: (item[0], item[1]))
+    return Footprint(levels, text[poc], text[hi], text[lo], imbalances, [f[2] for f in found])
+
+
+def _copy(agg: Aggregate) -> Aggregate:
+    """A copy sharing nothing that later folds change."""
+    deltas = list(agg.deltas) if agg.deltas is not None else None
+    return msgspec.structs.replace(agg, book=copy_book(agg.book), deltas=deltas)
+
+
+def copy_book(book: dict[int, list[int]] | None) -> dict[int, list[int]] | None:
+    """A copy whose cells later folds do not change."""
+    return {k: list(v) for k, v in book.items()} if book is not None else None
 
 
 class _Series:
@@ -207,8 +399,13 @@ class _Series:
     __slots__ = (
         "abs_pct",
         "abs_ratio",
+        "area",
+        "cvd",
+        "cvd_day",
         "div_delta",
         "div_pct",
+        "flow",
+        "imbalance",
         "instrument",
         "label",
         "min_history",
@@ -217,6 +414,8 @@ class _Series:
         "open",
         "ordered",
         "ratios",
+        "stacked_levels",
+        "tick",
         "window",
     )
 
@@ -236,8 +435,20 @@ class _Series:
         self.next_start = 0
         # Price texts as exact fractions: opens and closes repeat from bar to bar.
         self.ratios: dict[str, tuple[int, int]] = {}
+        tick = settings.tick_of(instrument.inst_id)
+        self.tick = tick_fraction(tick) if tick is not None else None
+        self.imbalance = _fraction(settings.imbalance_ratio)
+        self.stacked_levels = settings.stacked_levels
+        self.area = _fraction(settings.value_area)
+        self.flow = settings.cvd
+        # The day's delta up to the last finished bar (kept whether or not it is printed).
+        self.cvd_day = -1
+        self.cvd = 0
 
-    def finish(self, agg: Aggregate) -> Bar:
+    def finish(self, agg: Aggregate, peek: bool = False) -> Bar:
+        """The bar of ``agg``. Unless ``peek``, the bar is final: its total enters the window
+        of previous totals and its delta the day's (``peek`` changes nothing: a bar still
+        forming)."""
         total = agg.buy + agg.sell
         ratios = self.ratios
         opened = ratios.get(agg.open_px)
@@ -288,12 +499,17 @@ class _Series:
                 divergence_type = "bearish"
             elif pn < 0 and delta > 0:
                 divergence_type = "bullish"
-        history = self.window
-        if history.maxlen:
-            if len(history) == history.maxlen:
-                del ordered[bisect_left(ordered, history[0])]
-            insort(ordered, total)
-        history.append(total)
+        day = agg.start // 1440
+        cvd = (self.cvd if day == self.cvd_day else 0) + delta
+        if not peek:
+            history = self.window
+            if history.maxlen:
+                if len(history) == history.maxlen:
+                    del ordered[bisect_left(ordered, history[0])]
+                insort(ordered, total)
+            history.append(total)
+            self.cvd_day = day
+            self.cvd = cvd
         rounded_delta = _round_usd(delta)
         bar = Bar(
             timestamp_utc=_stamp(agg.start),
@@ -324,6 +540,18 @@ class _Series:
             bar.gap = True
         if self.label != "1m":
             bar.timeframe = self.label
+        if self.tick is not None and agg.book:
+            fp = footprint_of(agg.book, self.tick, self.imbalance, self.stacked_levels, self.area)
+            bar.footprint = fp.levels
+            bar.poc = fp.poc
+            bar.vah = fp.vah
+            bar.val = fp.val
+            bar.imbalances = fp.imbalances
+            bar.stacked = fp.stacked
+        if self.flow:
+            bar.delta_min = _signed_usd(agg.delta_min)
+            bar.delta_max = _signed_usd(agg.delta_max)
+            bar.cvd = _signed_usd(cvd)
         return bar
 
     def add(self, agg: Aggregate, out: list[Bar]) -> None:
@@ -335,7 +563,7 @@ class _Series:
             self.next_start = current.start + self.minutes
             current = None
         if current is None:
-            current = msgspec.structs.replace(agg, start=start)
+            current = msgspec.structs.replace(agg, start=start, book=copy_book(agg.book), deltas=None)
             self.open = current
         else:
             current.merge(agg)
@@ -353,17 +581,21 @@ class _Series:
 
     def snapshot(self) -> SeriesState:
         return SeriesState(
-            open=msgspec.structs.replace(self.open) if self.open is not None else None,
+            open=_copy(self.open) if self.open is not None else None,
             window=list(self.window),
             next_start=self.next_start,
+            cvd_day=self.cvd_day,
+            cvd=self.cvd,
         )
 
     def restore(self, state: SeriesState) -> None:
-        self.open = msgspec.structs.replace(state.open) if state.open is not None else None
+        self.open = _copy(state.open) if state.open is not None else None
         self.window.clear()
         self.window.extend(state.window)
         self.ordered = sorted(self.window)
         self.next_start = state.next_start
+        self.cvd_day = state.cvd_day
+        self.cvd = state.cvd
 
 
 class BarAssembler:
@@ -399,11 +631,15 @@ class BarAssembler:
             scale = instrument.ct_val * MICRO
         else:
             scale = (instrument.ct_val or 1.0) * MICRO
+        tick = self._minute.tick
         self._run = MinuteRun(
             scale,
             not instrument.inverse,
             round(settings.whale_usd * MICRO),
             _exact_whale(instrument, settings.whale_usd),
+            tick_num=tick[0] if tick is not None else 0,
+            tick_den=tick[1] if tick is not None else 1,
+            flow=settings.cvd,
         )
         if state is not None:
             self.restore(state)
@@ -417,8 +653,15 @@ class BarAssembler:
         batch = trades if type(trades) is list else list(trades)
         run.late = run.duplicates = run.accepted = 0
         done = 0
+        extra = run.footprint or run.flow
         while True:
-            done = fold(run, batch, done)
+            if extra:
+                run.dropped.clear()
+                begin = done
+                done = fold(run, batch, done)
+                fold_flow(run, batch, begin, done)
+            else:
+                done = fold(run, batch, done)
             agg = self._sync()
             if done >= len(batch):
                 break
@@ -443,10 +686,27 @@ class BarAssembler:
         if agg is None or agg.start != start:
             agg = series.open = Aggregate(start, "", 0, 0, "", 0, 0, "", 0.0, 0, 0, "", 0.0, 0, 0)
         run.store(agg)
+        if run.flow:
+            if run.disordered:
+                # Some trade came before a later one: find the extremes in (ts, tradeId)
+                # order (rare; only when the bar is wanted, not after every batch).
+                agg.deltas = None
+            else:
+                agg.delta_min = run.dmin
+                agg.delta_max = run.dmax
         return agg
+
+    def _order_flow(self, agg: Aggregate) -> None:
+        """Bring the open minute's delta extremes up to date before its bar is made."""
+        run = self._run
+        if run.flow and run.disordered:
+            rows = flow_rows(run)
+            if rows:
+                agg.delta_min, agg.delta_max = delta_extremes(rows)
 
     def _close_minute(self, agg: Aggregate, out: list[Bar]) -> None:
         series = self._minute
+        self._order_flow(agg)
         out.append(series.finish(agg))
         self.counters.bars += 1
         series.open = None
@@ -485,6 +745,21 @@ class BarAssembler:
             higher.flush(out)
         return out
 
+    def partial(self, now_ms: int | None = None) -> Bar | None:
+        """The open minute's bar as it stands, marked ``final=False``; None if no minute is
+        open, or if ``now_ms`` is given and the minute is due to close (``grace`` past its
+        end: :meth:`close_due` finishes it). Nothing changes: the final bar is computed
+        later from the same totals, plus whatever trades still come."""
+        agg = self._sync()
+        if agg is None:
+            return None
+        if now_ms is not None and now_ms >= (agg.start + 1) * MINUTE_MS + self._grace_ms:
+            return None
+        self._order_flow(agg)
+        bar = self._minute.finish(agg, peek=True)
+        bar.final = False
+        return bar
+
     def mark_gap(self) -> None:
         """Flag the open minute as touched by a trade-id gap that could not be filled."""
         if self._minute.open is not None:
@@ -506,8 +781,12 @@ class BarAssembler:
 
     def snapshot(self) -> AssemblerState:
         """A copy of the state; later feeding does not change it."""
+        series = {label: s.snapshot() for label, s in self._series.items()}
+        saved = series["1m"].open
+        if saved is not None and self._run.flow:
+            saved.deltas = flow_rows(self._run)
         return AssemblerState(
-            series={label: s.snapshot() for label, s in self._series.items()},
+            series=series,
             ids=sorted(self._run.seen),
             counters=msgspec.structs.replace(self.counters),
         )
@@ -521,6 +800,7 @@ class BarAssembler:
         agg = self._minute.open
         if agg is not None:
             run.load(agg)
+            agg.deltas = None  # the run holds them now
         else:
             run.shut(self._minute.next_start * MINUTE_MS)
         run.set_ids(state.ids)

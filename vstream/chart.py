@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .assembler import Bar
 from .errors import ConfigError, SinkError
@@ -358,7 +358,14 @@ def _symbol(kind: str, x: float, y: float, r: float) -> str:
     return f'<circle cx="{_fmt(x)}" cy="{_fmt(y)}" r="{_fmt(r)}" fill="{color}"/>'
 
 
-def html_page(chart: Chart, title: str) -> str:
+class Drawing(Protocol):
+    """What :func:`write_chart` writes: a :class:`Chart` or a footprint view."""
+
+    @property
+    def svg(self) -> str: ...
+
+
+def html_page(chart: Drawing, title: str) -> str:
     """The chart in a minimal, self-contained HTML page (no script, no external resource)."""
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -382,7 +389,7 @@ def svg_to_png(svg: str) -> bytes:
     return bytes(data)
 
 
-def write_chart(chart: Chart, path: str | os.PathLike[str], title: str = "vstream chart") -> Path:
+def write_chart(chart: Drawing, path: str | os.PathLike[str], title: str = "vstream chart") -> Path:
     """Write the chart as ``.svg``, ``.html`` or ``.png`` (by the file's suffix)."""
     target = Path(path)
     suffix = target.suffix.lower()

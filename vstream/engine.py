@@ -77,9 +77,12 @@ class _SinkRunner:
         policy: OverflowPolicy,
         fatal: bool,
         on_fatal: Callable[[BaseException], None],
+        partial: bool = False,
     ) -> None:
         self.sink = sink
         self.stats = SinkStats(name)
+        #: Also fed the open minute's bar in progress; every bar it gets carries ``final``.
+        self.partial = partial
         self._maxsize = maxsize
         self._policy = policy
         self._fatal = fatal
@@ -226,6 +229,10 @@ class Engine:
     from the state. A ``ct_val`` mapping entry (or an ``instruments`` entry) counts as chosen for
     its instrument, a value from the instrument cache or the built-in table does not.
 
+    ``partial_sinks`` also get, every ``partial_every`` seconds of ``clock``, each open
+    minute's bar as it stands (``final`` false), and every finished bar with ``final`` true;
+    ``engine.bars(partial=True)`` is such a stream. Bars in progress reach nothing else.
+
     Use it as an async context manager, then ``await engine.run()`` or iterate
     ``engine.bars()``. ``engine.stop()`` ends a run cleanly; cancelling the task running it
     flushes and checkpoints too before the cancellation propagates.
@@ -248,6 +255,8 @@ class Engine:
         sink_errors: Literal["log", "raise"] = "log",
         sink_close_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        partial_sinks: Iterable[SinkLike] = (),
+        partial_every: float = 1.0,
     ) -> None:
         self.sources: list[Source] = [sources] if isinstance(sources, Source) else list(sources)
         if not self.sources:
@@ -261,6 +270,8 @@ class Engine:
             raise ConfigError(f"unknown sink_overflow policy {sink_overflow!r}")
         if sink_errors not in ("log", "raise"):
             raise ConfigError(f"sink_errors must be 'log' or 'raise', not {sink_errors!r}")
+        if not (partial_every > 0):
+            raise ConfigError(f"partial_every must be > 0 seconds, got {partial_every!r}")
         self.settings = settings if settings is not None else Settings()
         if given is None:
             chosen = set(Settings.__struct_fields__) if settings is not None else set()
@@ -283,6 +294,9 @@ class Engine:
         self._sink_close_timeout = sink_close_timeout
         self._clock = clock
         self._user_sinks: list[Sink] = [as_sink(s) for s in sinks]
+        self._partial_sinks: list[Sink] = [as_sink(s) for s in partial_sinks]
+        self._partial_every = partial_every
+        self._partial_task: asyncio.Task[None] | None = None
         self._runners: list[_SinkRunner] = []
         self._pipes: dict[str, _Pipe] = {}
         self._opened = False
@@ -332,7 +346,8 @@ class Engine:
             raise
         for source in self.sources:
             source.resume({i: self._pipes[i].position for i in source.inst_ids})
-        for index, sink in enumerate(self._user_sinks):
+        partial = [False] * len(self._user_sinks) + [True] * len(self._partial_sinks)
+        for index, sink in enumerate([*self._user_sinks, *self._partial_sinks]):
             runner = _SinkRunner(
                 sink,
                 f"{index}:{type(sink).__name__}",
@@ -340,6 +355,7 @@ class Engine:
                 self._sink_overflow,
                 self._sink_fatal,
                 self._fail,
+                partial[index],
             )
             runner.start()
             self._runners.append(runner)
@@ -362,12 +378,16 @@ class Engine:
                 continue
             paths = VaultPaths.of(self.vault, inst_id)
             given = self._given & set(SHAPE_FIELDS) | ({"ct_val"} if ct_chosen else set())
-            store = InstrumentStore(paths, self.settings.shape(instrument.ct_val), given=given)
+            if self._all_given or "footprint_tick" in self._given or (
+                "footprint" in self._given and inst_id in self.settings.footprint
+            ):
+                given |= {"footprint"}
+            store = InstrumentStore(paths, self.settings.shape(instrument.ct_val, inst_id), given=given)
             state = store.open(rebuild=self.rebuild)
             try:
                 shape = store.shape
                 instrument = dataclasses.replace(instrument, ct_val=shape.ct_val)
-                pipe = _Pipe(instrument, BarAssembler(instrument, self.settings.with_shape(shape)))
+                pipe = _Pipe(instrument, BarAssembler(instrument, self.settings.with_shape(shape, inst_id)))
                 pipe.assembler.restore(state.assembler)
             except BaseException:
                 store.close()
@@ -456,6 +476,7 @@ class Engine:
             for index, source in enumerate(self.sources)
         ]
         ticker = asyncio.create_task(self._tick()) if self._live else None
+        self._start_partials()
         try:
             await self._consume(queue, len(tasks))
         finally:
@@ -463,6 +484,10 @@ class Engine:
                 task.cancel()
             if ticker is not None:
                 ticker.cancel()
+            if self._partial_task is not None:
+                self._partial_task.cancel()
+                tasks.append(self._partial_task)
+                self._partial_task = None
             self._queue = None
             await _shielded(self._settle(tasks, ticker, owns))
         self._raise_failure()
@@ -560,7 +585,34 @@ class Engine:
                 pipe.outputs[tf].buffer(group)
         for runner in self._runners:
             for bar in bars:
-                await runner.offer(bar)
+                await runner.offer(msgspec.structs.replace(bar, final=True) if runner.partial else bar)
+
+    def _start_partials(self) -> None:
+        if self._partial_task is None and self._running and any(r.partial for r in self._runners):
+            self._partial_task = asyncio.create_task(self._partials(), name="vstream-partials")
+
+    async def _partials(self) -> None:
+        """Every ``partial_every`` seconds of the engine's clock, hand each instrument's open
+        minute, as it stands, to the sinks that asked for bars in progress."""
+        due = self._clock() + self._partial_every
+        while True:
+            # Short sleeps, so a clock a test moves is followed.
+            await asyncio.sleep(max(0.0, min(due - self._clock(), 0.25)))
+            now = self._clock()
+            if now < due:
+                continue
+            due += self._partial_every
+            if due <= now:  # the clock jumped (or the loop was held up): no burst to catch up
+                due = now + self._partial_every
+            # Live: a minute already due to close on the clock is not shown as forming.
+            now_ms = int(now * 1000) if self._live else None
+            for pipe in self._pipes.values():
+                bar = pipe.assembler.partial(now_ms)
+                if bar is None:
+                    continue
+                for runner in self._runners:
+                    if runner.partial:
+                        await runner.offer(bar)
 
     def _close_due(self) -> list[tuple[_Pipe, list[Bar]]]:
         now_ms = int(self._clock() * 1000)
@@ -580,11 +632,16 @@ class Engine:
             next_minute = (int(now * 1000) // MINUTE_MS + 1) * MINUTE_MS / 1000
             # Wake at the earliest deadline, but often enough to follow a clock a test moves.
             await asyncio.sleep(max(0.0, min(next_minute + grace - now, 0.25)))
-            closed = self._close_due()
-            for pipe, bars in closed:
-                await self._emit(pipe, bars)
-            if closed:
-                await self.checkpoint()
+            # Shielded: a stop cancels this task, and a minute closed here but cut off before
+            # its bar is written (and checkpointed) would be lost to a live session.
+            await _shielded(self._close_on_clock())
+
+    async def _close_on_clock(self) -> None:
+        closed = self._close_due()
+        for pipe, bars in closed:
+            await self._emit(pipe, bars)
+        if closed:
+            await self.checkpoint()
 
     # -- durability ------------------------------------------------------------------------
 
@@ -650,17 +707,22 @@ class Engine:
         """The live assembler of one instrument (after :meth:`open`)."""
         return self._pipes[inst_id].assembler
 
-    async def bars(self) -> AsyncIterator[Bar]:
+    async def bars(self, partial: bool = False) -> AsyncIterator[Bar]:
         """Iterate over bars as they are finished, running the engine if nobody else does.
+
+        With ``partial``, every ``partial_every`` seconds the open minute's bar as it stands
+        comes too, with ``final`` false; finished bars then carry ``final`` true. Bars in
+        progress never reach the vault or the other sinks.
 
         Must be called before the engine starts running (bars finished earlier are not seen).
         """
         stream = _BarStream()
         if not self._opened:
             await self.open()
-        runner = _SinkRunner(stream, "bars()", self._sink_buffer, "block", False, self._fail)
+        runner = _SinkRunner(stream, "bars()", self._sink_buffer, "block", False, self._fail, partial)
         runner.start()
         self._runners.append(runner)
+        self._start_partials()
         task = None if self._running else asyncio.create_task(self.run())
         try:
             while True:

@@ -14,6 +14,7 @@ the order trades arrive in.
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any, Final, Protocol, cast
 
 from msgspec.structs import astuple
@@ -96,6 +97,21 @@ class MinuteRun:
     Trade ids already taken in the minute are ``seen``; ``ids`` is their set, built only
     once a trade arrives whose id is not above every id so far (``top``): ids mostly rise,
     and a rising id cannot be a duplicate.
+
+    With a footprint tick (``tick_num / tick_den``, a price step > 0), ``book`` maps each
+    price level (``floor(px / tick)``, an integer) to ``[buy, sell, trades]`` of the minute
+    (micro-dollars).
+
+    With ``flow`` on, ``items`` keeps the minute's accepted trades (the trade objects
+    themselves, or ``(ts, tradeId, signed micro-dollars)`` rows after a resume), ``delta``
+    their running delta and ``dmin``/``dmax`` its extremes. While every trade is later by
+    ``(ts, tradeId)`` than those before it (the usual case; ``last_ts``/``last_tid`` is the
+    latest) the extremes follow trade by trade; once one is not, ``disordered`` is set and
+    :func:`flow_rows` lets the caller find them in ``(ts, tradeId)`` order.
+
+    Both are folded by :func:`fold_flow`, a pass of their own over the trades :func:`fold`
+    took (``dropped`` holds the indexes it did not take), so the fold of a run without them
+    is what it was before they existed.
     """
 
     def __init__(
@@ -104,6 +120,10 @@ class MinuteRun:
         linear: bool,
         whale_at: int,
         exact_whale: Callable[[float, str], bool] | None = None,
+        *,
+        tick_num: int = 0,
+        tick_den: int = 1,
+        flow: bool = False,
     ) -> None:
         self.scale = scale
         self.linear = linear
@@ -115,6 +135,20 @@ class MinuteRun:
         near = 2 + whale_at // (1 << 40) if exact_whale is not None else 0
         self.whale_lo = whale_at - near
         self.whale_hi = whale_at + near
+        self.footprint = tick_num > 0
+        self.tick_num = tick_num
+        self.tick_den = tick_den
+        self.flow = flow
+        self.book: dict[int, list[int]] = {}
+        self.levels: dict[str, int] = {}
+        self.items: list[Any] = []
+        self.delta = 0
+        self.dmin = 0
+        self.dmax = 0
+        self.disordered = False
+        self.last_ts = -1
+        self.last_tid = ""
+        self.dropped: list[int] = []
         self.prices: dict[str, float] = {}
         self.open = False
         self.lo_ms = 0
@@ -174,6 +208,8 @@ class MinuteRun:
         self.low = agg.low
         self.low_ts = agg.low_ts
         self.low_id = agg.low_id
+        self.book = agg.book if agg.book is not None else {}
+        self.set_rows(agg.deltas if agg.deltas is not None else [])
 
     def store(self, agg: Any) -> None:
         """Write the totals into ``agg``, the aggregate of the same minute."""
@@ -199,12 +235,39 @@ class MinuteRun:
         agg.low = self.low
         agg.low_ts = self.low_ts
         agg.low_id = self.low_id
+        if self.footprint:
+            agg.book = self.book
 
     def shut(self, floor_ms: int) -> None:
         """No minute is open; trades before ``floor_ms`` are late."""
         self.open = False
         self.floor_ms = floor_ms
         self.set_ids([])
+        # (the closed minute's aggregate keeps the old book)
+        self.book = {}
+        self.set_rows([])
+
+    def set_rows(self, rows: list[tuple[int, str, int]]) -> None:
+        """Continue the open minute's delta flow from ``rows`` (as :func:`flow_rows` gives)."""
+        self.items = list(rows)
+        self.delta = 0
+        self.dmin = self.dmax = rows[0][2] if rows else 0
+        self.disordered = False
+        self.last_ts = -1
+        self.last_tid = ""
+        last_id = -1
+        for ts, tid, amount in rows:
+            self.delta += amount
+            iid = int(tid)
+            if ts < self.last_ts or (ts == self.last_ts and iid <= last_id):
+                self.disordered = True
+            self.last_ts = ts
+            self.last_tid = tid
+            last_id = iid
+            if self.delta < self.dmin:
+                self.dmin = self.delta
+            if self.delta > self.dmax:
+                self.dmax = self.delta
 
     def set_ids(self, ids: list[str]) -> None:
         """The trade ids already taken in the open minute."""
@@ -229,6 +292,18 @@ class MinuteRun:
         p = float(px)
         prices[px] = p
         return p
+
+    def level(self, px: str) -> int:
+        """The footprint level of ``px``: ``floor(px / tick)``, exactly, remembered."""
+        levels = self.levels
+        if len(levels) >= PRICE_CACHE:
+            levels.clear()
+        # Exact: the price text as a fraction (it passed the decoder's checks), floored in
+        # integers, so a level never depends on binary rounding.
+        f = Fraction(px)
+        k = (f.numerator * self.tick_den) // (f.denominator * self.tick_num)
+        levels[px] = k
+        return k
 
 
 def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
@@ -272,6 +347,9 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     seen = run.seen
     ids = run.ids
     top = run.top
+    # With order flow on, the indexes of trades dropped here, so fold_flow can skip them
+    # (only ever touched on the rare late and duplicate paths).
+    extra = run.footprint or run.flow
     late = 0
     dup = 0
     taken = 0
@@ -308,6 +386,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
         if ts >= hi_ms or ts < lo_ms:
             if ts < lo_ms or ts < floor_ms:
                 late += 1
+                if extra:
+                    run.dropped.append(i)
                 i += 1
                 continue
             if is_open:
@@ -356,6 +436,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
                 ids.update(seen)
             if tid in ids:
                 dup += 1
+                if extra:
+                    run.dropped.append(i - 1)
                 continue
             ids.add(tid)
             seen.append(tid)
@@ -444,3 +526,157 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     run.duplicates += dup
     run.accepted += taken
     return i
+
+
+def fold_flow(run: MinuteRun, trades: list[Any], start: int, stop: int) -> None:
+    """Add ``trades[start:stop]``, less the ``run.dropped`` indexes, to the open minute's
+    footprint and delta flow: the trades :func:`fold` just took, all of the open minute.
+
+    A pass of its own, so a run without order flow pays nothing for it; a trade's notional is
+    computed exactly as :func:`fold` computes it.
+    """
+    if start >= stop:
+        return
+    footprint = run.footprint
+    flow = run.flow
+    scale = run.scale
+    linear = run.linear
+    prices = run.prices
+    levels = run.levels
+    book = run.book
+    items = run.items
+    dmin = run.dmin
+    dmax = run.dmax
+    disordered = run.disordered
+    delta = run.delta
+    last_ts = run.last_ts
+    last_tid = run.last_tid
+    last_id = -1
+    dropped = run.dropped
+    skip = 0
+    next_skip = dropped[0] if dropped else stop
+    # Trades of one level come in runs: their sums stay in locals until the level changes.
+    level = -1
+    level_buy = 0
+    level_sell = 0
+    level_trades = 0
+    k = -1
+    last_px = ""
+    last_p = 0.0
+    rows = row_type(trades[start])
+    ts = 0
+    tid = ""
+    px = ""
+    sz = 0.0
+    side = ""
+    for i in range(start, stop):
+        if i == next_skip:
+            skip += 1
+            next_skip = dropped[skip] if skip < len(dropped) else stop
+            continue
+        item = trades[i]
+        if type(item) is rows:
+            row: tuple[Any, ...] = astuple(cast(Any, item))
+            tid = row[1]
+            px = row[2]
+            sz = row[3]
+            side = row[4]
+            ts = row[5]
+        else:
+            t: TradeLike = item
+            tid = t.tradeId
+            px = t.px
+            sz = t.sz
+            side = t.side
+            ts = t.ts
+        if px == last_px:
+            p = last_p
+        else:
+            q = prices.get(px)
+            p = q if q is not None else run.price(px)
+            last_px = px
+            last_p = p
+            if footprint:
+                q_level = levels.get(px)
+                k = q_level if q_level is not None else run.level(px)
+        # (as in fold: int(x + 0.5) rounds halves up for x > 0)
+        amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+        if footprint:
+            if k != level:
+                if level_trades:
+                    cell = book.get(level)
+                    if cell is None:
+                        book[level] = [level_buy, level_sell, level_trades]
+                    else:
+                        cell[0] += level_buy
+                        cell[1] += level_sell
+                        cell[2] += level_trades
+                level = k
+                level_buy = level_sell = level_trades = 0
+            if side == "buy":
+                level_buy += amount
+            else:
+                level_sell += amount
+            level_trades += 1
+        if flow:
+            delta += amount if side == "buy" else -amount
+            if not items:
+                dmin = dmax = delta
+                last_ts = ts
+                last_tid = tid
+                last_id = -1
+            elif not disordered:
+                # Later by (ts, tradeId as integer) than every trade so far: the running
+                # delta in that order is, so far, the running delta in arrival order.
+                later = ts > last_ts
+                if ts == last_ts:
+                    if len(tid) == len(last_tid):
+                        later = tid > last_tid
+                    else:
+                        if last_id < 0:
+                            last_id = int(last_tid)
+                        later = int(tid) > last_id
+                if later:
+                    if delta < dmin:
+                        dmin = delta
+                    elif delta > dmax:
+                        dmax = delta
+                    last_ts = ts
+                    last_tid = tid
+                    last_id = -1
+                else:
+                    disordered = True
+            items.append(item)
+    if footprint and level_trades:
+        cell = book.get(level)
+        if cell is None:
+            book[level] = [level_buy, level_sell, level_trades]
+        else:
+            cell[0] += level_buy
+            cell[1] += level_sell
+            cell[2] += level_trades
+    run.dmin = dmin
+    run.dmax = dmax
+    run.disordered = disordered
+    run.delta = delta
+    run.last_ts = last_ts
+    run.last_tid = last_tid
+
+
+def flow_rows(run: MinuteRun) -> list[tuple[int, str, int]]:
+    """The open minute's accepted trades as ``(ts, tradeId, signed micro-dollars)`` rows, in
+    arrival order, each amount computed exactly as :func:`fold` counted it."""
+    rows: list[tuple[int, str, int]] = []
+    scale = run.scale
+    linear = run.linear
+    for item in run.items:
+        if type(item) is tuple:
+            row: tuple[int, str, int] = item
+            rows.append(row)
+            continue
+        t: TradeLike = item
+        q = run.prices.get(t.px)
+        p = q if q is not None else run.price(t.px)
+        amount = int(t.sz * (p if linear else 1.0) * scale + 0.5)
+        rows.append((t.ts, t.tradeId, amount if t.side == "buy" else -amount))
+    return rows

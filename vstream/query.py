@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -141,9 +142,29 @@ def read_bars(
     paths: VaultPaths, timeframe: str = "1m", since: str | None = None, until: str | None = None
 ) -> Iterator[tuple[Bar, bytes]]:
     """Durable bars of one instrument with ``since <= timestamp_utc < until``, with their lines."""
+    for bar, line, _ in read_bars_after(paths, timeframe, since, until, previous=False):
+        yield bar, line
+
+
+def read_bars_after(
+    paths: VaultPaths,
+    timeframe: str = "1m",
+    since: str | None = None,
+    until: str | None = None,
+    *,
+    previous: bool = True,
+) -> Iterator[tuple[Bar, bytes, Bar | None]]:
+    """As :func:`read_bars`, each bar with the bar before it in the file (the one before
+    ``since`` for the first; None at the start of the file, or without ``previous``)."""
     path, limit = durable_length(paths, timeframe)
+    before: Bar | None = None
     with open(path, "rb") as handle:
         start = _seek(handle, limit, since) if since else 0
+        if previous and start > 0:
+            last = _last_line(path, start)
+            if last is not None:
+                with contextlib.suppress(msgspec.DecodeError):
+                    before = _bar.decode(last)
         handle.seek(start)
         pos = start
         while pos < limit:
@@ -160,7 +181,9 @@ def read_bars(
                 continue
             if until is not None and bar.timestamp_utc >= until:
                 break
-            yield bar, line
+            yield bar, line, before
+            if previous:
+                before = bar
 
 
 # -- signals ------------------------------------------------------------------------------
@@ -179,17 +202,45 @@ class SignalFilter:
     absorption: bool = False
     divergence: str | None = None
     whale: bool = False
+    #: ``"buy"``/``"sell"``: a stacked imbalance of that side (footprint bars only).
+    stacked: str | None = None
+    #: ``"up"``/``"down"``/``"any"``: the POC moved that way from the previous bar's POC by
+    #: more than nothing and at least ``poc_shift_min`` (a price difference).
+    poc_shift: str | None = None
+    poc_shift_min: Decimal = Decimal(0)
 
-    def matches(self, bar: Bar) -> bool:
+    @property
+    def needs_previous(self) -> bool:
+        return self.poc_shift is not None
+
+    def matches(self, bar: Bar, previous: Bar | None = None) -> bool:
         if self.tiers and bar.volume_tier not in self.tiers:
             return False
-        if not (self.absorption or self.divergence or self.whale):
+        if not (self.absorption or self.divergence or self.whale or self.stacked or self.poc_shift):
             return True
         if self.absorption and bar.absorption:
             return True
         if self.divergence and bar.divergence and self.divergence in ("any", bar.divergence_type):
             return True
+        if self.stacked and isinstance(bar.stacked, list) and any(s.side == self.stacked for s in bar.stacked):
+            return True
+        if self.poc_shift and poc_shift(bar, previous, self.poc_shift, self.poc_shift_min):
+            return True
         return self.whale and bar.whale_count > 0
+
+
+def poc_shift(bar: Bar, previous: Bar | None, direction: str, at_least: Decimal = Decimal(0)) -> bool:
+    """Whether ``bar``'s POC moved from ``previous``'s (``up``, ``down`` or ``any``) by more
+    than zero and at least ``at_least`` in price. False when either has no footprint."""
+    if previous is None or not isinstance(bar.poc, str) or not isinstance(previous.poc, str):
+        return False
+    try:
+        move = Decimal(bar.poc) - Decimal(previous.poc)
+    except ArithmeticError:
+        return False
+    if move == 0 or abs(move) < at_least:
+        return False
+    return direction == "any" or (direction == "up") == (move > 0)
 
 
 def find_signals(
@@ -206,9 +257,8 @@ def find_signals(
     for inst in inst_ids:
         paths = VaultPaths.of(vault, inst)
         durable_length(paths, timeframe)  # fail early and clearly for a missing output
-        streams.append(
-            ((b.timestamp_utc, b.instId, line, b) for b, line in read_bars(paths, timeframe, since, until) if flt.matches(b))
-        )
+        bars = read_bars_after(paths, timeframe, since, until, previous=flt.needs_previous)
+        streams.append(((b.timestamp_utc, b.instId, line, b) for b, line, prev in bars if flt.matches(b, prev)))
     for _, _, line, bar in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
         yield bar, line
 
@@ -224,6 +274,10 @@ def signal_tags(bar: Bar) -> str:
         tags.append(f"whale×{bar.whale_count}")
     if bar.gap is True:
         tags.append("gap")
+    if isinstance(bar.stacked, list):
+        for side in ("buy", "sell"):
+            if any(s.side == side for s in bar.stacked):
+                tags.append(f"stacked-{side}")
     return " ".join(tags)
 
 
@@ -503,6 +557,3 @@ def status_row(st: InstrumentStatus) -> list[str]:
         format_bytes(st.backlog_bytes),
         "ok" if st.ok else "PROBLEM",
     ]
-
-
-# -- command line -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     grace: float = 2.0
     ct_val: dict[str, float] = msgspec.field(default_factory=dict)
     timeframes: tuple[str, ...] = ("1m",)
+    #: Footprint price step for every instrument of a run (None: no footprint) ...
+    footprint_tick: float | None = None
+    #: ... and per instrument (wins over ``footprint_tick``).
+    footprint: dict[str, float] = msgspec.field(default_factory=dict)
+    imbalance_ratio: float = 3.0
+    stacked_levels: int = 3
+    value_area: float = 0.7
+    #: Running-delta extremes and the day's cumulative delta on each bar.
+    cvd: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,6 +84,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise ConfigError(
                     f"ct_val for {inst} must be a number > 0 and <= {MAX_CT_VAL:g}, got {value!r}"
                 )
+        ticks = dict(self.footprint)
+        if self.footprint_tick is not None:
+            ticks["footprint_tick"] = self.footprint_tick
+        for name, tick in ticks.items():
+            tick_fraction(tick, name)
+        if not (math.isfinite(self.imbalance_ratio) and self.imbalance_ratio >= 1):
+            raise ConfigError(f"imbalance_ratio must be a finite number >= 1, got {self.imbalance_ratio!r}")
+        if self.stacked_levels < 2:
+            raise ConfigError(f"stacked_levels must be >= 2, got {self.stacked_levels}")
+        if not (math.isfinite(self.value_area) and 0 < self.value_area <= 1):
+            raise ConfigError(f"value_area must be > 0 and <= 1, got {self.value_area!r}")
         if not self.timeframes:
             raise ConfigError("timeframes must name at least one of " + ", ".join(TIMEFRAMES))
         for tf in self.timeframes:
@@ -85,8 +106,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if "1m" not in self.timeframes:
             raise ConfigError("timeframes must include 1m (the other timeframes are resumed with it)")
 
-    def shape(self, ct_val: float | None) -> BarShape:
-        """What shapes the bars of one instrument whose contract value is ``ct_val``."""
+    def tick_of(self, inst_id: str) -> float | None:
+        """The footprint price step of ``inst_id``, or None when it gets no footprint."""
+        return self.footprint.get(inst_id, self.footprint_tick)
+
+    def shape(self, ct_val: float | None, inst_id: str | None = None) -> BarShape:
+        """What shapes the bars of one instrument whose contract value is ``ct_val`` (and whose
+        footprint tick is the one set for ``inst_id``)."""
         return BarShape(
             whale_usd=self.whale_usd,
             median_window=self.median_window,
@@ -97,20 +123,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             divergence_min_delta_ratio=self.divergence_min_delta_ratio,
             ct_val=ct_val,
             timeframes=tuple(sorted(self.timeframes, key=TIMEFRAMES.__getitem__)),
+            footprint=self.tick_of(inst_id) if inst_id is not None else None,
+            imbalance_ratio=self.imbalance_ratio,
+            stacked_levels=self.stacked_levels,
+            value_area=self.value_area,
+            cvd=self.cvd,
         )
 
-    def fingerprint(self, ct_val: float | None) -> str:
+    def fingerprint(self, ct_val: float | None, inst_id: str | None = None) -> str:
         """A short hash of what shapes one instrument's bars (not run options like ``grace``)."""
-        return self.shape(ct_val).fingerprint()
+        return self.shape(ct_val, inst_id).fingerprint()
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""
         return msgspec.structs.replace(self, **changes)
 
-    def with_shape(self, shape: BarShape) -> Settings:
-        """A copy whose bar-shaping values are ``shape``'s (its ``ct_val`` is the instrument's,
-        kept apart: the ``ct_val`` mapping is left as it is)."""
-        return self.replace(**{f: getattr(shape, f) for f in SHAPE_FIELDS})
+    def with_shape(self, shape: BarShape, inst_id: str) -> Settings:
+        """A copy for ``inst_id`` whose bar-shaping values are ``shape``'s (its ``ct_val`` is
+        the instrument's, kept apart: the ``ct_val`` mapping is left as it is)."""
+        footprint = {k: v for k, v in self.footprint.items() if k != inst_id}
+        if shape.footprint is not None:
+            footprint[inst_id] = shape.footprint
+        return self.replace(
+            **{f: getattr(shape, f) for f in SHAPE_FIELDS},
+            footprint=footprint,
+            footprint_tick=None,
+        )
 
 
 class BarShape(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,11 +169,38 @@ class BarShape(msgspec.Struct, frozen=True, kw_only=True):
     divergence_min_delta_ratio: int | float
     ct_val: int | float | None
     timeframes: tuple[str, ...]
+    # Order flow (off by default: states written before it existed decode with these).
+    footprint: int | float | None = None
+    imbalance_ratio: int | float = 3.0
+    stacked_levels: int = 3
+    value_area: int | float = 0.7
+    cvd: bool = False
 
     def fingerprint(self) -> str:
-        """A short hash of these values (the same as states written before they were stored)."""
-        values = [getattr(self, f) for f in self.__struct_fields__]
+        """A short hash of these values (the same as states written before they were stored).
+
+        The order-flow options enter it only when they are on, so the fingerprint of a run
+        without them is what it was before they existed (existing states stay valid).
+        """
+        values: list[Any] = [getattr(self, f) for f in _PLAIN_SHAPE]
+        if self.footprint is not None:
+            values.append(
+                {
+                    "footprint": self.footprint,
+                    "imbalance_ratio": self.imbalance_ratio,
+                    "stacked_levels": self.stacked_levels,
+                    "value_area": self.value_area,
+                }
+            )
+        if self.cvd:
+            values.append({"cvd": True})
         return hashlib.sha256(msgspec.json.encode(values)).hexdigest()[:16]
+
+    def in_force(self) -> frozenset[str]:
+        """The fields that shape bars as these values stand (the footprint's own settings only
+        with a footprint): a difference in any other field changes no bar."""
+        off = {"imbalance_ratio", "stacked_levels", "value_area"} if self.footprint is None else set()
+        return frozenset(self.__struct_fields__) - off
 
     def differences(self, other: BarShape, fields: Iterable[str]) -> list[str]:
         """``"whale_usd is 5000 in the state, 7000 given"`` for each of ``fields`` that differs
@@ -143,7 +208,9 @@ class BarShape(msgspec.Struct, frozen=True, kw_only=True):
         return [
             f"{name} is {_show(getattr(self, name))} in the state, {_show(getattr(other, name))} given"
             for name in self.__struct_fields__
-            if name in fields and getattr(self, name) != getattr(other, name)
+            if name in fields
+            and name in (self.in_force() | other.in_force())
+            and getattr(self, name) != getattr(other, name)
         ]
 
     def overlay(self, other: BarShape, fields: Iterable[str]) -> BarShape:
@@ -156,15 +223,37 @@ class BarShape(msgspec.Struct, frozen=True, kw_only=True):
 
 #: The fields of :class:`BarShape` that :class:`Settings` holds as they are (``ct_val`` is per
 #: instrument: the mapping's value, the instrument cache's or the built-in one).
-SHAPE_FIELDS: tuple[str, ...] = tuple(f for f in BarShape.__struct_fields__ if f != "ct_val")
+SHAPE_FIELDS: tuple[str, ...] = tuple(f for f in BarShape.__struct_fields__ if f not in ("ct_val", "footprint"))
+
+#: The fields fingerprinted since before order flow existed, in their order.
+_PLAIN_SHAPE: tuple[str, ...] = BarShape.__struct_fields__[: BarShape.__struct_fields__.index("footprint")]
 
 
 def _show(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return str(value)
+
+
+def tick_fraction(tick: float, name: str = "footprint tick") -> tuple[int, int]:
+    """A footprint tick as written (``0.1`` is one tenth) as ``(numerator, 10**decimals)``.
+
+    Raise :class:`ConfigError` unless it is a finite decimal number > 0 with at most 12
+    decimals (level prices are printed with the tick's decimals).
+    """
+    if not (isinstance(tick, (int, float)) and math.isfinite(tick) and tick > 0):
+        raise ConfigError(f"{name}: a footprint tick must be a finite number > 0, got {tick!r}")
+    exact = Decimal(repr(float(tick))).normalize()
+    exponent = exact.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    decimals = max(0, -exponent)
+    if decimals > 12:
+        raise ConfigError(f"{name}: a footprint tick needs at most 12 decimals, got {tick!r}")
+    return int(exact.scaleb(decimals)), 10**decimals
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -198,10 +287,10 @@ def make_settings(base: Mapping[str, Any] | None = None, **overrides: Any) -> Se
     for key, value in overrides.items():
         if value is None:
             continue
-        if key == "ct_val":
-            merged = dict(values.get("ct_val") or {})
+        if key in ("ct_val", "footprint"):
+            merged = dict(values.get(key) or {})
             merged.update(value)
-            values["ct_val"] = merged
+            values[key] = merged
         else:
             values[key] = value
     try:

@@ -227,7 +227,7 @@ class InstrumentStore:
             # Written before the settings were stored: only the fingerprint can tell.
             if state.fingerprint != self.wanted.fingerprint():
                 raise StateError(
-                    f"{self.inst_id}: the settings that shape bars (thresholds, ctVal, timeframes) "
+                    f"{self.inst_id}: the settings that shape bars (thresholds, ctVal, timeframes, footprint, cvd) "
                     f"changed since the state was written (give the options it was built with "
                     f"once: from then on they are stored), or {hint}"
                 )

@@ -7,7 +7,9 @@ import time
 from collections import deque
 from typing import Any
 
+from ..assembler import Bar
 from ..chart import CANDLE_LIMIT, render, write_chart
+from ..footprint_chart import render_footprint
 from ..instruments import VaultPaths
 from ..query import read_bars
 from ..settings import TIMEFRAMES
@@ -30,6 +32,8 @@ def register_chart(sub: Any) -> None:
     p.add_argument("--last", type=bar_count, metavar="N", help=f"the last N bars of the range (default {CANDLE_LIMIT // 2} without --since)")
     p.add_argument("--style", choices=["auto", "candles", "line"], default="auto",
                    help=f"price as candles or a close line (auto: candles up to {CANDLE_LIMIT} bars)")
+    p.add_argument("--footprint", action="store_true",
+                   help="draw the bars' footprints (levels, POC, value area, imbalances) instead")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write (.svg, .html or .png)")
 
     async def handler(args: Any) -> int:
@@ -46,10 +50,24 @@ def _chart(args: Any) -> int:
     last = args.last if args.last is not None else (None if since else CANDLE_LIMIT // 2)
     found = (bar for bar, _ in read_bars(paths, args.timeframe, since, until))
     bars = list(deque(found, maxlen=last)) if last is not None else list(found)
+    if args.footprint:
+        return _footprint_chart(args, bars)
     chart = render(bars, style=args.style)
     target = write_chart(chart, args.output, title=f"{args.inst_id} {args.timeframe}")
     print(
         f"{target}: {len(bars)} {args.timeframe} bars {bars[0].timestamp_utc} .. {bars[-1].timestamp_utc}, "
         f"{chart.style}; {chart.summary()}"
+    )
+    return 0
+
+
+def _footprint_chart(args: Any, bars: list[Bar]) -> int:
+    view = render_footprint(bars)
+    target = write_chart(view, args.output, title=f"{args.inst_id} {args.timeframe} footprint")
+    rows = f", {view.levels_per_row} levels a row" if view.levels_per_row > 1 else ""
+    print(
+        f"{target}: {len(bars)} {args.timeframe} bars {bars[0].timestamp_utc} .. {bars[-1].timestamp_utc}, "
+        f"footprint tick {view.tick}{rows}; cells={len(view.cells)} "
+        f"imbalances={sum(c.buy_imbalance + c.sell_imbalance for c in view.cells)}"
     )
     return 0

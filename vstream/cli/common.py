@@ -31,6 +31,9 @@ _THRESHOLDS: list[tuple[str, str, type, str]] = [
     ("--divergence-min-price-pct", "divergence_min_price_pct", float, "price change %% needed for divergence (0.1)"),
     ("--divergence-min-delta-ratio", "divergence_min_delta_ratio", float, "|delta| / volume needed for divergence (0.1)"),
     ("--grace", "grace", float, "seconds after a minute ends before live mode closes it (2)"),
+    ("--imbalance-ratio", "imbalance_ratio", float, "footprint: volume ratio of an imbalanced level (3)"),
+    ("--stacked-levels", "stacked_levels", int, "footprint: adjacent imbalanced levels that make a stack (3)"),
+    ("--value-area", "value_area", float, "footprint: share of the bar's volume in the value area (0.7)"),
 ]
 
 
@@ -74,6 +77,16 @@ def _ct_val(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"ctVal for {inst} is not a number: {value!r}") from None
 
 
+def _footprint(text: str) -> tuple[str | None, float]:
+    inst, sep, value = text.rpartition("=")
+    if sep and not inst:
+        raise argparse.ArgumentTypeError(f"expected TICK or INST=TICK, got {text!r}")
+    try:
+        return (inst if sep else None), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"footprint tick is not a number: {value!r}") from None
+
+
 def _timeframes(text: str) -> tuple[str, ...]:
     items = tuple(t.strip() for t in text.split(",") if t.strip())
     for tf in items:
@@ -97,6 +110,22 @@ def add_settings_options(p: argparse.ArgumentParser) -> None:
         help="contract value override, repeatable",
     )
     p.add_argument("--timeframes", type=_timeframes, metavar="1m,5m,15m,1h", help="bar timeframes to write (1m)")
+    p.add_argument(
+        "--footprint", metavar="[INST=]TICK", type=_footprint, action="append", default=[],
+        help="add a footprint with this price step (every instrument, or INST=TICK), repeatable",
+    )
+    p.add_argument(
+        "--no-footprint", action="store_true",
+        help="no footprint (an instrument built with one then needs --rebuild)",
+    )
+    p.add_argument(
+        "--cvd", action="store_const", const=True, default=None,
+        help="add delta_min/delta_max (running delta extremes) and cvd (the UTC day's delta)",
+    )
+    p.add_argument(
+        "--no-cvd", dest="cvd", action="store_const", const=False,
+        help="no delta extremes and cvd (an instrument built with them then needs --rebuild)",
+    )
     for flag, dest, kind, text in _THRESHOLDS:
         p.add_argument(flag, dest=dest, type=kind, metavar="N", help=text)
 
@@ -127,7 +156,17 @@ def settings_of(args: argparse.Namespace) -> tuple[Settings, frozenset[str]]:
     overrides: dict[str, Any] = {dest: getattr(args, dest, None) for _, dest, _, _ in _THRESHOLDS}
     overrides["ct_val"] = dict(args.ct_val) if getattr(args, "ct_val", None) else None
     overrides["timeframes"] = getattr(args, "timeframes", None)
+    ticks: list[tuple[str | None, float]] = getattr(args, "footprint", None) or []
+    overrides["footprint_tick"] = next((t for inst, t in reversed(ticks) if inst is None), None)
+    overrides["footprint"] = {inst: t for inst, t in ticks if inst is not None} or None
+    overrides["cvd"] = getattr(args, "cvd", None)
     given = frozenset(base) | {k for k, v in overrides.items() if v is not None}
+    if getattr(args, "no_footprint", False):
+        if ticks:
+            raise ConfigError("--footprint and --no-footprint contradict each other")
+        # Chosen, and chosen to be off: a stored footprint is then a difference.
+        base = {k: v for k, v in base.items() if k not in ("footprint_tick", "footprint")}
+        given |= {"footprint_tick", "footprint"}
     return make_settings(base, **overrides), given
 
 

@@ -67,6 +67,10 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
         "--gap-timeout", type=positive_number, default=60.0, metavar="S",
         help="seconds a trade-id gap may stay unfilled before its minutes are emitted flagged (60)",
     )
+    live.add_argument(
+        "--partial", type=positive_number, metavar="SECONDS",
+        help='also print the open minute\'s bar every SECONDS with "final": false (finished bars: true)',
+    )
     add_settings_options(live)
     live.set_defaults(handler=run_live)
 
@@ -126,13 +130,16 @@ async def run_live(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(_encoder.encode(bar) + b"\n")
             sys.stdout.flush()
 
+        partial = getattr(args, "partial", None)
         engine = Engine(
             [source],
-            sinks=[show],
+            sinks=[] if partial else [show],
             settings=settings,
             vault=vault,
             given=given,
             checkpoint_interval=checkpoint_interval(),
+            partial_sinks=[show] if partial else [],
+            partial_every=partial or 1.0,
         )
         signals = 0
 

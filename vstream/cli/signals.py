@@ -8,6 +8,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 from ..assembler import Bar
@@ -38,7 +39,7 @@ def register_signals(sub: Any) -> None:
     """``vstream signals``: print matching bars of one or more instruments."""
     p = sub.add_parser(
         "signals",
-        help="print bars with signals (tier, absorption, divergence, whales)",
+        help="print bars with signals (tier, absorption, divergence, whales, footprint stacks and POC shifts)",
         description="Print the written bars of one or more instruments that show a signal (tier, "
         "absorption, divergence, whale trades), as a table or as their JSON lines.",
     )
@@ -53,6 +54,12 @@ def register_signals(sub: Any) -> None:
     p.add_argument("--divergence", nargs="?", const="any", choices=["any", "bearish", "bullish"],
                    help="bars with divergence (of this type)")
     p.add_argument("--whale", action="store_true", help="bars with whale trades")
+    p.add_argument("--stacked-imbalance", dest="stacked", choices=["buy", "sell"],
+                   help="footprint bars with a stacked imbalance of this side")
+    p.add_argument("--poc-shift", nargs="?", const="any", choices=["any", "up", "down"],
+                   help="footprint bars whose POC moved (this way) from the previous bar's POC")
+    p.add_argument("--poc-shift-min", type=_price, default=Decimal(0), metavar="PRICE",
+                   help="with --poc-shift: the least move, in price (0: any move)")
     p.add_argument("--since", metavar="ISO", help="from this time (2025-12-14T21:00Z, or 6h, 2d back)")
     p.add_argument("--until", metavar="ISO", help="before this time (same forms)")
     p.add_argument("--last", type=bar_count, metavar="N", help="only the last N matching bars")
@@ -62,6 +69,16 @@ def register_signals(sub: Any) -> None:
         return await asyncio.to_thread(_signals, args)
 
     p.set_defaults(handler=handler)
+
+
+def _price(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise argparse.ArgumentTypeError(f"not a price: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a price >= 0: {text!r}")
+    return value
 
 
 def _signals(args: Any) -> int:
@@ -80,6 +97,9 @@ def _signals(args: Any) -> int:
         absorption=args.absorption,
         divergence=args.divergence,
         whale=args.whale,
+        stacked=args.stacked,
+        poc_shift=args.poc_shift,
+        poc_shift_min=args.poc_shift_min,
     )
     since, until = time_range(args, now)
     found: Iterable[tuple[Bar, bytes]] = find_signals(

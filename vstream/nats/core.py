@@ -127,7 +127,7 @@ class InstrumentCore:
         self.instrument = instrument
         self.inst_id = instrument.inst_id
         self.owner = owner
-        self.fingerprint = settings.fingerprint(instrument.ct_val)
+        self.fingerprint = settings.fingerprint(instrument.ct_val, instrument.inst_id)
         self._tfs = max(1, len(settings.timeframes))
         if checkpoint is not None and checkpoint.fingerprint != self.fingerprint:
             raise ConfigError(
