@@ -18,6 +18,7 @@ Layout on the server:
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -121,14 +122,18 @@ async def connect(url: str, *, name: str = "vstream", connect_wait: float = 5.0)
         return None
 
     try:
-        nc: Client = await nats.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=connect_wait,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.2,
-            error_cb=quiet,
+        # With unlimited reconnects nats-py also retries the first connection forever: bound it.
+        nc: Client = await asyncio.wait_for(
+            nats.connect(
+                servers=servers,
+                name=name,
+                connect_timeout=connect_wait,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.2,
+                error_cb=quiet,
+            ),
+            connect_wait * max(2, len(servers)),
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise SourceError(f"cannot connect to NATS at {url}: {exc or type(exc).__name__}") from exc
