@@ -97,7 +97,7 @@ async def test_publish_workers_sink_equals_a_local_final_replay(nats_server: Any
 
 async def test_killed_at_any_instant_and_rerun_no_bar_lost_or_doubled(nats_server: Any, nc: Any, tmp_path: Path) -> None:
     local = tmp_path / "Local"
-    generate_vault(local, instruments=(BTC,), hours=3, seed=8)
+    generate_vault(local, instruments=(BTC,), hours=6, seed=8)
     await replay_final(local, BTC)
     expected = outputs(local, BTC)
     await ensure_streams(nc.jetstream())
@@ -106,28 +106,35 @@ async def test_killed_at_any_instant_and_rerun_no_bar_lost_or_doubled(nats_serve
     out = tmp_path / "Sunk"
     command = [
         sys.executable, "-m", "vstream", "-q", "sink-jsonl", "--nats", nats_server.url,
-        "--vault", str(out), "--instId", BTC, "--batch", "2",
+        "--vault", str(out), "--instId", BTC, "--batch", "1",
     ]
     rng = random.Random(1)
     kills = 0
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    one = VaultPaths.of(out, BTC).output("1m")
+
+    def size() -> int:
+        return one.stat().st_size if one.exists() else -1
+
     for _ in range(40):
         process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env
         )
-        try:
-            await asyncio.wait_for(process.wait(), rng.uniform(0.3, 1.2))
-        except TimeoutError:
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
-            kills += 1
-            continue
+        if kills < 8:
+            # Kill while it writes: a random instant after its output started growing.
+            before = size()
+            await wait_for(lambda: process.returncode is not None or size() != before, 30, "the output to grow")
+            await asyncio.sleep(rng.uniform(0, 0.08))
+            if process.returncode is None:
+                process.send_signal(signal.SIGKILL)
+                await process.wait()
+                kills += 1
+                continue
+        await process.wait()
         assert process.returncode == 0, await process.stderr.read() if process.stderr else ""
         break
-    assert kills >= 3  # the runs really were cut short
-    paths = VaultPaths.of(out, BTC)
+    assert kills == 8  # the runs really were cut short, mid-write
     # A torn tail, as a kill between the append and the state write leaves it: cut back.
-    one = paths.output("1m")
     one.write_bytes(one.read_bytes() + b'{"timestamp_utc":"2099-01-01T00:00:00Z","instId":"BTC-USDT-SWAP"')
     assert await cli("sink-jsonl", "--nats", nats_server.url, "--vault", str(out), "--instId", BTC) == 0
     assert outputs(out, BTC) == expected
