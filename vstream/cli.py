@@ -23,7 +23,13 @@ from .engine import Engine
 from .errors import ConfigError, VStreamError
 from .instruments import discover, kind_of
 from .live import register_live
-from .nats.commands import register_ingest, register_publish, register_sink_jsonl, register_worker
+from .nats.commands import (
+    register_cluster_status,
+    register_ingest,
+    register_publish,
+    register_sink_jsonl,
+    register_worker,
+)
 from .progress import Progress, ProgressSource
 from .query import register_signals, register_status
 from .settings import TIMEFRAMES, Settings, load_config, make_settings
@@ -122,6 +128,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_publish,
     register_worker,
     register_sink_jsonl,
+    register_cluster_status,
 ]
 
 

@@ -271,4 +271,46 @@ async def _sink_jsonl(args: argparse.Namespace) -> int:
     return worst
 
 
-__all__ = ["register_ingest", "register_publish", "register_sink_jsonl", "register_worker"]
+def register_cluster_status(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``vstream cluster-status``: owners, lag and workers of the cluster."""
+    p = sub.add_parser(
+        "cluster-status",
+        help="per instrument: owner, lease, lag in trades and seconds; per worker: what it works",
+        description="Read the leases, checkpoints, worker records and streams of the cluster. "
+        "Exit 0 when every instrument is healthy, 1 when any has a problem (no owner, an owner "
+        "that stopped announcing itself, lag over --max-lag), 2 for usage errors.",
+    )
+    p.add_argument("--nats", required=True, metavar="URL", help="NATS server URL, comma-separated for a cluster")
+    p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="only these instruments (default: all)")
+    p.add_argument(
+        "--max-lag", default="2m", metavar="D",
+        help="trades this far behind the stream's newest are a problem (90s, 2m, 1h; default 2m)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(handler=_cluster_status)
+
+
+async def _cluster_status(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ..query import parse_duration
+    from .connect import check_inst_id, connect
+    from .status import check_max_lag, cluster_status, format_status
+
+    max_lag = check_max_lag(parse_duration(args.max_lag))
+    inst_ids = list(dict.fromkeys(args.inst_ids)) if args.inst_ids else None
+    for inst_id in inst_ids or []:
+        check_inst_id(inst_id)
+    nc = await connect(args.nats, name="vstream-cluster-status")
+    try:
+        status = await cluster_status(nc, inst_ids, max_lag=max_lag)
+    finally:
+        await nc.close()
+    if args.json:
+        print(msgspec.json.encode(status.to_dict()).decode(), flush=True)
+    else:
+        print("\n".join(format_status(status)), flush=True)
+    return 0 if status.ok else 1
+
+
+__all__ = ["register_cluster_status", "register_ingest", "register_publish", "register_sink_jsonl", "register_worker"]
