@@ -21,9 +21,11 @@ What is measured, exactly:
 * **live bar latency** — one worker, ``grace`` 2 s; a paced publisher in this process sends
   trades stamped with the wall clock through :class:`~vstream.nats.ingest.TradeIngester`
   (the ``vstream ingest`` path, ``Vstream-Now`` on every message, one message every 10 ms);
-  a :class:`~vstream.NatsBarSource` (``start="new"``) receives the bars. Per bar: receive
-  time − end of its minute (the bar cannot close before ``grace`` after it), and receive time
-  − publish time of the minute's last trade.
+  a :class:`~vstream.NatsBarSource` (``start="new"``) receives the bars. Minutes alternate
+  between *active* (the next minute's first trade closes the bar) and *quiet* (no trade
+  from second 58 to second 5 of the next minute: the bar closes on the clock, ``grace``
+  after the minute's end). Per bar: receive time − end of its minute, and receive time −
+  publish time of the minute's last trade.
 """
 
 from __future__ import annotations
@@ -135,15 +137,21 @@ async def workers_run(vault: Path, local: Path, n_workers: int, trades: int) -> 
     }
 
 
-async def latency_run(seconds: float, rate: int) -> list[tuple[float, float]]:
-    """``(bar received - minute end, bar received - last trade's publish)`` per bar, in ms."""
+async def latency_run(seconds: float, rate: int) -> list[tuple[str, float, float]]:
+    """Per bar ``(kind, received - minute end, received - last trade's publish)``, in ms.
+
+    Minutes alternate: in an *active* one trades go on into the next minute, whose first trade
+    closes the bar (SPEC §6); a *quiet* one has no trade from its 58th second to the 5th second
+    of the next minute, only the ingester's clock ticks, so the bar closes on the wall clock,
+    ``grace`` after the minute's end.
+    """
     import vstream
     from vstream.nats.connect import connect, ensure_streams
     from vstream.nats.ingest import TradeIngester
     from vstream.sources import Batch
 
     inst = INSTS[0]
-    out: list[tuple[float, float]] = []
+    out: list[tuple[str, float, float]] = []
     with NatsServer.start() as server:
         nc = await connect(server.url)
         await ensure_streams(nc.jetstream())
@@ -154,21 +162,28 @@ async def latency_run(seconds: float, rate: int) -> list[tuple[float, float]]:
         last_publish: dict[int, float] = {}  # minute -> wall time its last trade was published
         stop = asyncio.Event()
 
+        def quiet(minute: int) -> bool:
+            return minute % 2 == 1
+
         async def publish() -> None:
             ingester = TradeIngester(nc)
             trade_id = 1
             per_message = max(1, rate // 100)
             next_at = time.time()
             while not stop.is_set():
-                now_ms = int(time.time() * 1000)
-                trades = [
+                now = time.time()
+                now_ms = int(now * 1000)
+                minute, second = divmod(now, 60)
+                silent = (quiet(int(minute)) and second >= 58) or (quiet(int(minute) - 1) and second < 5)
+                trades = [] if silent else [
                     make_trade(trade_id + i, f"{60000 + (trade_id + i) % 50}.5", 0.01 * (1 + i % 7),
                                "buy" if i % 2 else "sell", now_ms)
                     for i in range(per_message)
                 ]
-                trade_id += per_message
+                trade_id += len(trades)
                 await ingester.put(Batch(inst, trades, now_ms=now_ms))
-                last_publish[now_ms // 60000] = time.time()
+                if trades:
+                    last_publish[now_ms // 60000] = time.time()
                 next_at += 0.01
                 await asyncio.sleep(max(0.0, next_at - time.time()))
 
@@ -176,9 +191,11 @@ async def latency_run(seconds: float, rate: int) -> list[tuple[float, float]]:
             async for bar in source:
                 received = time.time()
                 start = calendar.timegm(time.strptime(bar.timestamp_utc, "%Y-%m-%dT%H:%M:%SZ"))
-                minute = int(start // 60)
-                out.append(((received - (start + 60)) * 1000, (received - last_publish.get(minute, received)) * 1000))
-                print(f"  bar {bar.timestamp_utc}: {out[-1][0]:.0f} ms after its minute ended", flush=True)
+                minute = start // 60
+                kind = "quiet" if quiet(minute) else "active"
+                out.append((kind, (received - (start + 60)) * 1000, (received - last_publish.get(minute, received)) * 1000))
+                print(f"  {kind} bar {bar.timestamp_utc}: {out[-1][1]:.0f} ms after its minute ended, "
+                      f"{out[-1][2]:.0f} ms after its last trade was published", flush=True)
 
         try:
             async with vstream.NatsBarSource(nc, [inst], start="new") as source:
@@ -194,9 +211,8 @@ async def latency_run(seconds: float, rate: int) -> list[tuple[float, float]]:
             worker.send_signal(signal.SIGTERM)
             await worker.wait()
             await nc.close()
-    # The first bar's minute started before the publisher did: its last-trade time is real,
-    # but keep only whole minutes for the figures.
-    return out[1:] if len(out) > 1 else out
+    # The first bar's minute started before the publisher did: keep whole minutes only.
+    return out[1:]
 
 
 def machine() -> str:
@@ -228,16 +244,18 @@ async def amain(args: argparse.Namespace) -> None:
         if args.latency > 0:
             print(f"live latency: {args.latency:.0f} s at {args.rate} trades/s, grace 2000 ms")
             results = await latency_run(args.latency, args.rate)
-            if results:
-                after_end = [a for a, _ in results]
-                after_trade = [b for _, b in results]
+            for kind in ("active", "quiet"):
+                mine = [r for r in results if r[0] == kind]
+                if not mine:
+                    print(f"live, {kind} minutes: none in the time given (use --latency 150 or more)")
+                    continue
+                after_end = [r[1] for r in mine]
+                after_trade = [r[2] for r in mine]
                 print(
-                    f"live: bar received {statistics.median(after_end):.0f} ms (max {max(after_end):.0f}) after its "
-                    f"minute ended; {statistics.median(after_trade):.0f} ms (max {max(after_trade):.0f}) after "
-                    f"the minute's last trade was published; {len(results)} bars"
+                    f"live, {kind} minutes: bar received {statistics.median(after_end):.0f} ms (max "
+                    f"{max(after_end):.0f}) after its minute ended, {statistics.median(after_trade):.0f} ms "
+                    f"(max {max(after_trade):.0f}) after the minute's last trade was published; {len(mine)} bars"
                 )
-            else:
-                print("live: no whole minute in the time given (use --latency 150)")
     finally:
         if args.keep:
             print(f"kept {root}")
@@ -249,7 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.nats", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trades", type=int, default=2_000_000, help="trades over two instruments (2000000)")
     parser.add_argument("--max-workers", type=int, default=2, help="run with 1..N workers (2)")
-    parser.add_argument("--latency", type=float, default=150.0, help="seconds of the live latency run; 0 skips it (150)")
+    parser.add_argument("--latency", type=float, default=250.0, help="seconds of the live latency run; 0 skips it (250)")
     parser.add_argument("--rate", type=int, default=2000, help="trades/s of the live run (2000)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     asyncio.run(amain(parser.parse_args()))
