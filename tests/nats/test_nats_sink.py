@@ -189,3 +189,25 @@ async def test_refuses_what_it_cannot_resume_and_rebuilds(nats_server: Any, nc: 
     assert await cli("sink-jsonl", "--nats", url, "--vault", str(out), "--instId", BTC) == 2
     assert await cli("sink-jsonl", "--nats", url, "--vault", str(out), "--instId", BTC, "--rebuild") == 0
     assert outputs(out, BTC) == outputs(local, BTC)
+
+
+async def test_status_reads_a_vault_written_by_the_sink(
+    nats_server: Any, nc: Any, tmp_path: Path, capsys: Any
+) -> None:
+    import json
+
+    local = tmp_path / "Local"
+    generate_vault(local, instruments=(BTC,), hours=1, seed=6)
+    await replay_final(local, BTC)
+    await ensure_streams(nc.jetstream())
+    count = await publish_bar_lines(nc, local, BTC)
+    out = tmp_path / "Sunk"
+    assert await cli("sink-jsonl", "--nats", nats_server.url, "--vault", str(out), "--all") == 0
+    capsys.readouterr()
+    for args in (["--instId", BTC], []):  # named, and found in the vault by its sink state
+        assert await asyncio.to_thread(main, ["status", "--vault", str(out), "--json", "--no-remember", *args]) == 0
+        (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        last = json.loads(local_output(local, BTC, "1m").splitlines()[-1])
+        assert row["instId"] == BTC and row["ok"] and row["last_bar"] == last["timestamp_utc"]
+        assert row["counters"] == {"bars": count}
+        assert any("sink-jsonl" in note for note in row["notes"])
