@@ -201,3 +201,22 @@ def test_import_vstream_does_not_import_nats_py() -> None:
     code = "import sys, vstream; vstream.NatsBarSource; print('nats' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_closing_from_another_task_ends_the_iteration_and_leaves_no_consumer(nc: Any) -> None:
+    await ensure_streams(nc.jetstream())
+    source = vstream.NatsBarSource(nc, [BTC])
+    got: list[Bar] = []
+
+    async def loop() -> None:
+        async for bar in source:
+            got.append(bar)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.5)  # waiting in a fetch
+    await source.aclose()
+    await asyncio.wait_for(task, 5)
+    await asyncio.sleep(1.5)  # a fetch that failed on the closed subscription must not reopen
+    assert got == [] and [c.name async for c in _consumers(nc)] == []
+    with pytest.raises(StopAsyncIteration):
+        await source.__anext__()

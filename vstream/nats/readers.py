@@ -132,6 +132,7 @@ class PullReader:
         self.idle_check = idle_check
         self.last_seq = 0  # stream sequence of the last message handed out
         self.recreated = 0  # consumers created again after a loss
+        self.closed = False
         self._name: str | None = None
         self._sub: Any = None
         self._expect = 1  # next consumer sequence (ephemeral)
@@ -209,6 +210,8 @@ class PullReader:
         self._checked = time.monotonic()
 
     async def _reopen(self, why: str) -> None:
+        if self.closed:
+            return
         log.info("bars reader: %s; reading again from stream sequence %d", why, self.last_seq + 1)
         await self._drop(delete=not self.durable)
         if self.durable:
@@ -235,6 +238,8 @@ class PullReader:
         import nats.errors
         from nats.js.errors import NotFoundError
 
+        if self.closed:
+            return []
         if self._sub is None:
             await self.open()
         try:
@@ -244,6 +249,8 @@ class PullReader:
         except nats.errors.ConnectionClosedError as exc:
             raise SourceError("NATS: the connection is closed") from exc
         except Exception as exc:
+            if self.closed:
+                return []  # closed while this fetch waited
             if self.nc.is_closed:
                 raise SourceError("NATS: the connection is closed") from exc
             await asyncio.sleep(min(1.0, wait))
@@ -289,6 +296,7 @@ class PullReader:
 
     async def close(self) -> None:
         """Unsubscribe; an ephemeral consumer is deleted, a durable one kept."""
+        self.closed = True
         await self._drop(delete=not self.durable)
 
 
@@ -413,6 +421,8 @@ class NatsBarSource:
         return self
 
     async def __anext__(self) -> Bar:
+        if self._closed:
+            raise StopAsyncIteration
         reader = self._reader or await self._open()
         await self.ack()
         while True:
