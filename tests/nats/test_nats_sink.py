@@ -211,3 +211,22 @@ async def test_status_reads_a_vault_written_by_the_sink(
         assert row["instId"] == BTC and row["ok"] and row["last_bar"] == last["timestamp_utc"]
         assert row["counters"] == {"bars": count}
         assert any("sink-jsonl" in note for note in row["notes"])
+
+
+async def test_a_bars_stream_created_again_is_noticed(nats_server: Any, nc: Any, tmp_path: Path) -> None:
+    local = tmp_path / "Local"
+    generate_vault(local, instruments=(BTC,), hours=1, seed=7)
+    await replay_final(local, BTC)
+    url, out = nats_server.url, tmp_path / "Sunk"
+    # No bars stream at all: a usage error, saying so.
+    assert await cli("sink-jsonl", "--nats", url, "--vault", str(out), "--all") == 2
+    await ensure_streams(nc.jetstream())
+    await publish_bar_lines(nc, local, BTC)
+    assert await cli("sink-jsonl", "--nats", url, "--vault", str(out), "--all") == 0
+    # Deleted and made again: its sequences start over, the saved position means nothing.
+    await nc.jetstream().delete_stream("VSTREAM_BARS")
+    await ensure_streams(nc.jetstream())
+    await publish_bar_lines(nc, local, BTC)
+    assert await cli("sink-jsonl", "--nats", url, "--vault", str(out), "--instId", BTC) == 2
+    assert await cli("sink-jsonl", "--nats", url, "--vault", str(out), "--instId", BTC, "--rebuild") == 0
+    assert outputs(out, BTC) == outputs(local, BTC)

@@ -301,8 +301,12 @@ async def sink_instrument(
 
 async def bar_instruments(nc: Client) -> list[str]:
     """Instruments with bars in the stream."""
+    from nats.js.errors import NotFoundError
+
     try:
         info = await nc.jetstream().stream_info(BARS_STREAM, subjects_filter=BARS_PREFIX + ">")
+    except NotFoundError:
+        raise ConfigError(f"stream {BARS_STREAM} does not exist: no worker has run on this server") from None
     except Exception as exc:
         raise translate(exc, f"listing the instruments of {BARS_STREAM}") from exc
     found = set()
