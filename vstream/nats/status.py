@@ -344,10 +344,9 @@ def format_seconds(value: float | None) -> str:
         return "-"
     if value < 120:
         return f"{value:.1f}s"
-    minutes = int(value // 60)
-    if minutes < 120:
-        return f"{minutes}m{int(value % 60):02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
+    from ..query import format_duration
+
+    return format_duration(value)
 
 
 def format_status(status: ClusterStatus) -> list[str]:
