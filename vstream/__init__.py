@@ -38,6 +38,7 @@ from .state import InstrumentStore, State
 from .trades import LineDecoder, Reject, Trade
 
 if TYPE_CHECKING:
+    from .nats.readers import NatsBarSource
     from .sources.okx import OkxSource
 
 __version__ = "0.1.0"
@@ -50,6 +51,11 @@ def __getattr__(name: str) -> Any:
         from .sources.okx import OkxSource
 
         return OkxSource
+    if name == "NatsBarSource":
+        # Its module imports nats-py only when a source opens; still, keep it off `import vstream`.
+        from .nats.readers import NatsBarSource
+
+        return NatsBarSource
     raise AttributeError(f"module 'vstream' has no attribute {name!r}")
 
 
@@ -69,6 +75,7 @@ __all__ = [
     "Kind",
     "LineDecoder",
     "LockedError",
+    "NatsBarSource",
     "OkxSource",
     "Reject",
     "RejectError",

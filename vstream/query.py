@@ -368,13 +368,13 @@ def _last_line(path: Path, limit: int) -> bytes | None:
 
 
 def known_instruments(vault: Path) -> list[str]:
-    """Instruments with a state file or trade files in the vault."""
+    """Instruments with a state file (replay's or sink-jsonl's) or trade files in the vault."""
     found = set(discover(vault))
     for kind in Kind:
         folder = vault / "state" / "volume" / "okx" / kind.folder
         if folder.is_dir():
-            for child in folder.glob("*.state.json"):
-                inst = child.name[: -len(".state.json")]
+            for child in [*folder.glob("*.state.json"), *folder.glob("*.nats-sink.json")]:
+                inst = child.name[: -len(".state.json")] if child.name.endswith(".state.json") else child.name[: -len(".nats-sink.json")]
                 try:
                     kind_of(inst)
                 except ConfigError:
@@ -410,6 +410,8 @@ def instrument_status(
     """Check one instrument: state readable, outputs consistent, lag, rejects since last time."""
     paths = VaultPaths.of(vault, inst_id)
     status = InstrumentStatus(inst_id)
+    if not paths.state.exists() and _sink_status(paths, status, now, max_lag):
+        return status
     if not paths.state.exists():
         status.replayed = False
         has_output = paths.output().exists()
@@ -435,6 +437,39 @@ def instrument_status(
         if status.rejects_new:
             status.problems.append(f"{status.rejects_new} new rejected lines since the last status (see {paths.rejects})")
     lengths = {"1m": state.output_length, **state.timeframe_lengths}
+    _check_outputs(status, paths, lengths, now, max_lag, "replay")
+    try:
+        if not day_files(paths.raw_dir):
+            status.problems.append(f"no trade files in {paths.raw_dir} (replay of it fails)")
+        status.backlog_bytes = _backlog(paths, state)
+    except OSError as exc:
+        status.problems.append(f"cannot list input files: {exc}")
+    return status
+
+
+def _sink_status(paths: VaultPaths, status: InstrumentStatus, now: float, max_lag: float | None) -> bool:
+    """Fill ``status`` from a ``sink-jsonl`` state if the instrument has one; whether it had."""
+    from .nats.sink import SinkState, sink_state_path
+
+    path = sink_state_path(paths)
+    if not path.exists():
+        return False
+    status.notes.append("written by sink-jsonl from the NATS bars stream")
+    try:
+        state = msgspec.json.decode(path.read_bytes(), type=SinkState)
+    except (OSError, msgspec.DecodeError) as exc:
+        status.problems.append(f"sink state {path} is unreadable: {exc}")
+        return True
+    status.counters = {"bars": state.bars}
+    lengths = {tf: n for tf, n in state.lengths.items() if tf in TIMEFRAMES} or {"1m": 0}
+    _check_outputs(status, paths, lengths, now, max_lag, "sink-jsonl")
+    return True
+
+
+def _check_outputs(
+    status: InstrumentStatus, paths: VaultPaths, lengths: dict[str, int], now: float,
+    max_lag: float | None, writer: str,
+) -> None:
     for tf in sorted(lengths, key=lambda t: TIMEFRAMES.get(t, 0)):
         recorded = lengths[tf]
         path = paths.output(tf)
@@ -448,10 +483,10 @@ def instrument_status(
         if size < recorded:
             status.problems.append(
                 f"output {path} is shorter ({size} bytes) than the state records ({recorded}); "
-                f"replay needs --rebuild"
+                f"{writer} needs --rebuild"
             )
         elif size > recorded:
-            status.notes.append(f"{tf}: {size - recorded} bytes past the last checkpoint (a run is going on or was stopped; replay cuts them back)")
+            status.notes.append(f"{tf}: {size - recorded} bytes past the last checkpoint (a run is going on or was stopped; {writer} cuts them back)")
         line = _last_line(path, min(size, recorded))
         stamp = None
         if line is not None:
@@ -468,13 +503,6 @@ def instrument_status(
             status.problems.append(f"last bar is {format_duration(status.lag_seconds)} old (more than --max-lag {format_duration(max_lag)})")
     elif max_lag is not None:
         status.problems.append("no bars yet (--max-lag is set)")
-    try:
-        if not day_files(paths.raw_dir):
-            status.problems.append(f"no trade files in {paths.raw_dir} (replay of it fails)")
-        status.backlog_bytes = _backlog(paths, state)
-    except OSError as exc:
-        status.problems.append(f"cannot list input files: {exc}")
-    return status
 
 
 def vault_status(

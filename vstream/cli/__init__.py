@@ -18,7 +18,13 @@ from .common import Parser, package_version, report, run_async
 from .demo import register_demo
 from .import_okx import register_import_okx
 from .live import register_live
-from .nats import register_ingest, register_publish, register_worker
+from .nats import (
+    register_cluster_status,
+    register_ingest,
+    register_publish,
+    register_sink_jsonl,
+    register_worker,
+)
 from .replay import register_replay
 from .signals import register_signals
 from .status import register_status
@@ -35,6 +41,8 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_ingest,
     register_publish,
     register_worker,
+    register_sink_jsonl,
+    register_cluster_status,
 ]
 
 

@@ -1,4 +1,5 @@
-"""The command-line words of the distributed mode: ``ingest``, ``publish`` and ``worker``.
+"""The command-line words of the distributed mode: ``ingest``, ``publish``, ``worker``,
+``sink-jsonl`` and ``cluster-status``.
 
 Each ``register_*`` adds its subcommand. ``nats-py`` is imported only when one of these
 commands runs, so every other command starts without it.
@@ -18,6 +19,7 @@ from .common import (
     add_settings_options,
     add_vault_option,
     checkpoint_interval,
+    describe,
     settings_of,
     vault_of,
 )
@@ -233,4 +235,106 @@ async def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["register_ingest", "register_publish", "register_worker"]
+def register_sink_jsonl(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``vstream sink-jsonl``: the bars stream into a vault's output files."""
+    p = sub.add_parser(
+        "sink-jsonl",
+        help="write the NATS bars stream into a vault's bar files (resumable)",
+        description="Append the bars of the bars stream that the vault does not have yet to "
+        "derived/volume/okx/{market}/{INSTID}/volume_{tf}.jsonl, the files replay writes, and "
+        "keep the position in state/volume/okx/{market}/{INSTID}.nats-sink.json. Without "
+        "--follow it stops once it has caught up with the stream; with --follow it keeps "
+        "writing new bars until SIGINT/SIGTERM.",
+    )
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
+    group.add_argument("--all", action="store_true", help="every instrument with bars in the stream (while following, new ones too)")
+    _add_nats_option(p)
+    add_vault_option(p)
+    p.add_argument("--follow", action="store_true", help="keep writing new bars until SIGINT/SIGTERM")
+    p.add_argument("--rebuild", action="store_true", help="remove the instruments' bar files and sink state, start from the stream's first bar")
+    p.add_argument("--batch", type=int, default=1000, metavar="N", help="bars per fetch and per durable write (1000)")
+    p.set_defaults(handler=_sink_jsonl)
+
+
+async def _sink_jsonl(args: argparse.Namespace) -> int:
+    from ..nats.connect import check_inst_id, connect
+    from ..nats.sink import SinkSummary, run_sinks
+
+    vault = vault_of(args)
+    if args.batch < 1:
+        raise ConfigError("--batch must be >= 1")
+    inst_ids: list[str] | None = None
+    if not args.all:
+        inst_ids = list(dict.fromkeys(args.inst_ids))
+        for inst_id in inst_ids:
+            kind_of(inst_id)
+            check_inst_id(inst_id)
+    nc = await connect(args.nats, name="vstream-sink-jsonl")
+    stop = asyncio.Event()
+    undo = _install_signals(asyncio.get_running_loop(), stop.set)
+    worst = 0
+
+    def report(inst_id: str, result: SinkSummary | BaseException) -> None:
+        nonlocal worst
+        if isinstance(result, SinkSummary):
+            print(result.line(), flush=True)
+            return
+        message, code = describe(result, inst_id)
+        print(f"vstream: {message}", file=sys.stderr, flush=True)
+        worst = max(worst, code)
+
+    try:
+        await run_sinks(
+            nc, vault, inst_ids, follow=args.follow, stop=stop, rebuild=args.rebuild,
+            batch=args.batch, report=report,
+        )
+    finally:
+        undo()
+        await nc.close()
+    return worst
+
+
+def register_cluster_status(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``vstream cluster-status``: owners, lag and workers of the cluster."""
+    p = sub.add_parser(
+        "cluster-status",
+        help="per instrument: owner, lease, lag in trades and seconds; per worker: what it works",
+        description="Read the leases, checkpoints, worker records and streams of the cluster. "
+        "Exit 0 when every instrument is healthy, 1 when any has a problem (no owner, an owner "
+        "that stopped announcing itself, lag over --max-lag), 2 for usage errors.",
+    )
+    p.add_argument("--nats", required=True, metavar="URL", help="NATS server URL, comma-separated for a cluster")
+    p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="only these instruments (default: all)")
+    p.add_argument(
+        "--max-lag", default="2m", metavar="D",
+        help="trades this far behind the stream's newest are a problem (90s, 2m, 1h; default 2m)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(handler=_cluster_status)
+
+
+async def _cluster_status(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ..nats.connect import check_inst_id, connect
+    from ..nats.status import check_max_lag, cluster_status, format_status
+    from ..query import parse_duration
+
+    max_lag = check_max_lag(parse_duration(args.max_lag))
+    inst_ids = list(dict.fromkeys(args.inst_ids)) if args.inst_ids else None
+    for inst_id in inst_ids or []:
+        check_inst_id(inst_id)
+    nc = await connect(args.nats, name="vstream-cluster-status")
+    try:
+        status = await cluster_status(nc, inst_ids, max_lag=max_lag)
+    finally:
+        await nc.close()
+    if args.json:
+        print(msgspec.json.encode(status.to_dict()).decode(), flush=True)
+    else:
+        print("\n".join(format_status(status)), flush=True)
+    return 0 if status.ok else 1
+
+
+__all__ = ["register_cluster_status", "register_ingest", "register_publish", "register_sink_jsonl", "register_worker"]
