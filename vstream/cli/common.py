@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -112,9 +113,25 @@ def package_version() -> str:
 
 
 def vault_of(args: argparse.Namespace) -> Path:
-    """``--vault``, else ``$VSTREAM_VAULT``, else ``./Vault`` (SPEC §2)."""
+    """``--vault``, else ``$VSTREAM_VAULT``, else ``./Vault`` (SPEC §2).
+
+    :class:`ConfigError` when that path, or a folder it would be made in, is something other
+    than a folder (a regular file): caught here, every command refuses it the same way."""
     value = args.vault or os.environ.get("VSTREAM_VAULT") or "Vault"
-    return Path(value)
+    vault = Path(value)
+    for path in (vault, *vault.parents):
+        try:
+            mode = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not there (yet): the nearest existing one decides
+        except OSError:
+            break  # unreadable: the command reports it where it fails
+        if stat.S_ISDIR(mode):
+            break
+        if path == vault:
+            raise ConfigError(f"vault {vault} is not a folder")
+        raise ConfigError(f"vault {vault} cannot be made: {path} is not a folder")
+    return vault
 
 
 def settings_of(args: argparse.Namespace) -> tuple[Settings, frozenset[str]]:
