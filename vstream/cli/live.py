@@ -32,6 +32,7 @@ from .common import (
     checkpoint_interval,
     positive_number,
     settings_of,
+    stdout_closed,
     summary_line,
     vault_of,
 )
@@ -123,8 +124,14 @@ async def run_live(args: argparse.Namespace) -> int:
         )
 
         def show(bar: Bar) -> None:
-            sys.stdout.buffer.write(_encoder.encode(bar) + b"\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.buffer.write(_encoder.encode(bar) + b"\n")
+                sys.stdout.flush()
+            except BrokenPipeError as exc:
+                if not stdout_closed(exc):
+                    raise
+                # Nobody reads the bars any more (``live | head``): end as on SIGTERM.
+                source.stop()
 
         engine = Engine(
             [source],
