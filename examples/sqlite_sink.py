@@ -26,6 +26,21 @@ _FIELDS = vstream.Bar.__struct_fields__
 COLUMNS = list(_FIELDS[: _FIELDS.index("fill_count") + 1])
 
 
+def open_db(path: Path) -> sqlite3.Connection:
+    """Open (or create) the database and its table; :class:`vstream.ConfigError` if it cannot
+    be used (a missing folder, a folder, a file that is not SQLite)."""
+    db: sqlite3.Connection | None = None
+    try:
+        db = sqlite3.connect(path, check_same_thread=False)
+        cols = ", ".join(f'"{c}"' for c in COLUMNS)
+        db.execute(f"CREATE TABLE IF NOT EXISTS bars ({cols}, PRIMARY KEY (instId, timestamp_utc))")
+    except sqlite3.Error as exc:
+        if db is not None:
+            db.close()
+        raise vstream.ConfigError(f"cannot use --db {path}: {exc}") from exc
+    return db
+
+
 class SqliteSink:
     """A vstream sink: ``write`` stores a bar, ``aclose`` commits and closes.
 
@@ -37,15 +52,9 @@ class SqliteSink:
         self.path = path
         self._db: sqlite3.Connection | None = None
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False)
-        cols = ", ".join(f'"{c}"' for c in COLUMNS)
-        db.execute(f"CREATE TABLE IF NOT EXISTS bars ({cols}, PRIMARY KEY (instId, timestamp_utc))")
-        return db
-
     def _insert(self, bar: vstream.Bar) -> None:
         if self._db is None:
-            self._db = self._open()
+            self._db = open_db(self.path)
         values = [getattr(bar, c) for c in COLUMNS]
         marks = ", ".join("?" for _ in COLUMNS)
         self._db.execute(f"INSERT OR REPLACE INTO bars VALUES ({marks})", values)
@@ -84,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, metavar="F", help="vstream TOML config file (settings, [ct_val])")
     args = parser.parse_args(argv)
     try:
+        open_db(args.db).close()  # before replaying: a bad --db would otherwise fail every bar
         base = load_config(args.config) if args.config else {}
         settings = make_settings(base, ct_val=dict(args.ct_val) or None)
         if args.vault is not None:

@@ -152,3 +152,15 @@ async def test_live_strategy_prints_bars_from_the_fake_okx_server(tmp_path):
         time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(start // 1000 + 60 * k)) for k in range(3)
     ]
     assert all("cum_delta=" in line for line in lines[:3])
+
+
+def test_sqlite_sink_refuses_a_database_it_cannot_open_before_replaying(tmp_path):
+    generate_vault(tmp_path / "v", instruments=["BTC-USDT-SWAP"], hours=0.5, seed=5)
+    (tmp_path / "not-a-db").write_text("plain text, not SQLite\n" * 100)
+    for db in (tmp_path / "nonexist" / "s.db", tmp_path, tmp_path / "not-a-db"):
+        done = _run("sqlite_sink.py", "--vault", str(tmp_path / "v"), "--db", str(db), cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+        assert done.stderr.startswith("sqlite_sink: ") and str(db) in done.stderr, done.stderr
+        assert done.stdout == ""
+    assert not (tmp_path / "nonexist").exists()

@@ -249,6 +249,16 @@ def _looks_zipped(path: Path) -> bool:
         raise SourceError(f"cannot read {path}: {exc}") from exc
 
 
+def _require_file(path: Path) -> None:
+    """:class:`ConfigError` unless ``path`` is a file that can be opened for reading."""
+    if path.is_dir():
+        raise ConfigError(f"archive {path} is a folder; give the .zip or .csv files in it")
+    if not path.exists():
+        raise ConfigError(f"archive {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"archive {path} is not a regular file")
+
+
 def _members(path: Path) -> list[_Member]:
     if not path.exists():
         raise ConfigError(f"archive {path} does not exist")
@@ -632,6 +642,8 @@ def import_archives(
         kind_of(inst)
     vault = Path(vault)
     paths_in = sorted((Path(a) for a in archives), key=_sort_key)
+    for path in paths_in:
+        _require_file(path)  # all of them before any is imported: a typo imports nothing
     reports = []
     for path in paths_in:
         reports.append(

@@ -16,6 +16,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Iterable
 from fractions import Fraction
+from typing import Annotated
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -180,15 +181,20 @@ class Aggregate(msgspec.Struct, gc=False):
         self.gap = self.gap or other.gap
 
 
+#: A counter as read back from a state: a negative or impossibly large one makes the state
+#: unreadable (exit 2, naming --rebuild) rather than carrying on from nonsense.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class Counters(msgspec.Struct):
     """What happened to the input so far (kept in the state, printed by ``status``)."""
 
-    trades: int = 0
-    bars: int = 0
-    rejects: int = 0
-    duplicates: int = 0
-    late: int = 0
-    skipped: int = 0
+    trades: _Count = 0
+    bars: _Count = 0
+    rejects: _Count = 0
+    duplicates: _Count = 0
+    late: _Count = 0
+    skipped: _Count = 0
 
 
 class SeriesState(msgspec.Struct):

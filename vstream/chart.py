@@ -390,7 +390,8 @@ def svg_to_png(svg: str) -> bytes:
 
 
 def write_chart(chart: Drawing, path: str | os.PathLike[str], title: str = "vstream chart") -> Path:
-    """Write the chart as ``.svg``, ``.html`` or ``.png`` (by the file's suffix)."""
+    """Write the chart as ``.svg``, ``.html`` or ``.png`` (by the file's suffix) into an existing
+    folder (:class:`ConfigError` if it is missing: it is never created)."""
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix == ".svg":
@@ -401,8 +402,12 @@ def write_chart(chart: Drawing, path: str | os.PathLike[str], title: str = "vstr
         data = svg_to_png(chart.svg)
     else:
         raise ConfigError(f"cannot tell the chart format from {target.name!r}: use .svg, .html or .png")
+    # Never made here: a mistyped folder would otherwise hide the chart somewhere unexpected.
+    folder = target.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"cannot write {target}: folder {folder} {problem}")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     except OSError as exc:
         raise SinkError(f"cannot write {target}: {exc.strerror or exc}") from exc

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import filelock
 import msgspec
@@ -26,6 +26,13 @@ from .instruments import Kind, VaultPaths, kind_of, missing_ct_val
 from .settings import BarShape
 
 STATE_VERSION = 1
+
+# Bounds checked when a state is decoded: these numbers are used to seek, read and truncate
+# files, so one a hand edit made impossible (negative, past a 64-bit offset) makes the state
+# unreadable (exit 2, naming --rebuild) instead of reaching the OS as "Invalid argument".
+_INT64 = 2**63 - 1
+#: A byte offset or length, or a line count.
+_Size = Annotated[int, msgspec.Meta(ge=0, le=_INT64)]
 
 
 class FilePos(msgspec.Struct):
@@ -38,11 +45,12 @@ class FilePos(msgspec.Struct):
     """
 
     name: str
-    offset: int = 0
-    lines: int = 0
-    tail_crc: int = 0
-    size: int = -1
-    mtime_ns: int = -1
+    offset: _Size = 0
+    lines: _Size = 0
+    tail_crc: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 0  # a CRC-32
+    size: Annotated[int, msgspec.Meta(ge=-1, le=_INT64)] = -1  # -1: not read to its end yet
+    # A file may be dated before 1970: only the int64 range is checked.
+    mtime_ns: Annotated[int, msgspec.Meta(ge=-_INT64 - 1, le=_INT64)] = -1
     complete: bool = False
 
 
@@ -58,11 +66,18 @@ class State(msgspec.Struct, kw_only=True):
     files: dict[str, FilePos] = msgspec.field(default_factory=dict)
     #: Where a source that does not read vault files resumes (opaque to vstream).
     position: Any = None
-    output_length: int = 0
-    timeframe_lengths: dict[str, int] = msgspec.field(default_factory=dict)
-    rejects_length: int = 0
+    output_length: _Size = 0
+    timeframe_lengths: dict[str, _Size] = msgspec.field(default_factory=dict)
+    rejects_length: _Size = 0
     assembler: AssemblerState = msgspec.field(default_factory=AssemblerState)
     updated_at: str = ""
+
+
+class _StoredShape(msgspec.Struct):
+    """The part of a state a rebuild keeps: the settings it was built with."""
+
+    instId: str
+    settings: BarShape | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -169,7 +184,8 @@ class InstrumentStore:
     def _stored_shape(self) -> BarShape | None:
         """The settings of a readable state of this instrument, if any (for a rebuild)."""
         try:
-            state = msgspec.json.decode(self.paths.state.read_bytes(), type=State)
+            # Only these two fields: the rest may be what the rebuild is for.
+            state = msgspec.json.decode(self.paths.state.read_bytes(), type=_StoredShape)
         except (OSError, msgspec.DecodeError):
             return None
         if state.instId != self.inst_id or state.settings is None:

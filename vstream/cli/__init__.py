@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .chart import register_chart
-from .common import Parser, package_version, report, run_async
+from .common import PIPE_CLOSED_EXIT, Parser, package_version, report, run_async, stdout_closed
 from .demo import register_demo
 from .import_okx import register_import_okx
 from .live import register_live
@@ -77,6 +77,15 @@ class _Version(argparse.Action):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vstream`` command; returns the exit status."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe is only noise
+    except BrokenPipeError as exc:
+        return _failed(exc)
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -85,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # A converter raising past argparse: a ConfigError is a usage error (exit 2), anything
         # else a bug (exit 1); either way one line, never a traceback.
-        return report(exc)
+        return _failed(exc)
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.WARNING,
         format="vstream: %(message)s",
@@ -97,7 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return report(KeyboardInterrupt())
     except Exception as exc:
-        return report(exc)
+        return _failed(exc)
+
+
+def _failed(exc: BaseException) -> int:
+    """The exit status of a failure, reported on stderr; stdout's reader going away early
+    (``vstream signals ... | head -1``) is none: exit quietly."""
+    if stdout_closed(exc):
+        return PIPE_CLOSED_EXIT
+    return report(exc)
 
 
 __all__ = ["build_parser", "main"]

@@ -10,6 +10,8 @@ import argparse
 import asyncio
 import math
 import os
+import select
+import stat
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -143,9 +145,25 @@ def package_version() -> str:
 
 
 def vault_of(args: argparse.Namespace) -> Path:
-    """``--vault``, else ``$VSTREAM_VAULT``, else ``./Vault`` (SPEC §2)."""
+    """``--vault``, else ``$VSTREAM_VAULT``, else ``./Vault`` (SPEC §2).
+
+    :class:`ConfigError` when that path, or a folder it would be made in, is something other
+    than a folder (a regular file): caught here, every command refuses it the same way."""
     value = args.vault or os.environ.get("VSTREAM_VAULT") or "Vault"
-    return Path(value)
+    vault = Path(value)
+    for path in (vault, *vault.parents):
+        try:
+            mode = path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # not there (yet): the nearest existing one decides
+        except OSError:
+            break  # unreadable: the command reports it where it fails
+        if stat.S_ISDIR(mode):
+            break
+        if path == vault:
+            raise ConfigError(f"vault {vault} is not a folder")
+        raise ConfigError(f"vault {vault} cannot be made: {path} is not a folder")
+    return vault
 
 
 def settings_of(args: argparse.Namespace) -> tuple[Settings, frozenset[str]]:
@@ -223,6 +241,50 @@ def report(exc: BaseException, inst_id: str | None = None) -> int:
     message, code = describe(exc, inst_id)
     print(f"vstream: {message}", file=sys.stderr, flush=True)
     return code
+
+
+#: Exit status when stdout's reader went away early (``vstream signals ... | head -1``): the
+#: reader had what it wanted, so it is not a failure.
+PIPE_CLOSED_EXIT = 0
+
+
+def stdout_closed(exc: BaseException) -> bool:
+    """Whether ``exc`` is stdout's reader having gone away (``| head``), not another pipe's.
+
+    If so, stdout is pointed at the null device: what is still written (Python flushes stdout at
+    exit) then goes nowhere instead of raising again or printing "Exception ignored ...".
+    """
+    if not isinstance(exc, BrokenPipeError):
+        return False
+    try:
+        fd = sys.stdout.fileno()
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, 0)
+            # A pipe whose reader closed reports POLLERR on its write end (a socket POLLHUP).
+            if not any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
+                return False
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):  # no usable stdout at all: nothing left to protect
+        pass
+    return True
+
+
+def print_out(text: str) -> None:
+    """Print a line on stdout; once stdout's reader has gone away, print nothing more.
+
+    For commands whose exit status says more than their output (``status``' verdict, a failed
+    instrument of ``replay``): they go on to finish and report on stderr as usual.
+    """
+    try:
+        print(text, flush=True)
+    except BrokenPipeError as exc:
+        if not stdout_closed(exc):
+            raise
 
 
 def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..archive import ARCHIVE_COLUMNS, import_archives
 from ..progress import Progress
-from .common import add_vault_option, vault_of
+from .common import add_vault_option, print_out, vault_of
 
 
 def register_import_okx(sub: Any) -> None:
@@ -47,7 +47,7 @@ def _import_cli(args: Any) -> int:
     finally:
         progress.close()
     for report in reports:
-        print(report.summary(), flush=True)
+        print_out(report.summary())
         for error in report.errors:
             print(f"vstream: bad row: {error}", file=sys.stderr)
         if report.bad > len(report.errors):

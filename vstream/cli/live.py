@@ -3,7 +3,8 @@
 The signal handling lives here, in the command-line layer, never in the engine: the first
 SIGINT/SIGTERM asks the source to stop (it closes the minutes whose wall-clock end has passed
 and ends), the engine then flushes and checkpoints and the command exits 0. A second signal
-stops the engine at once (it still checkpoints).
+stops the engine at once (it still checkpoints). A signal during start-up (the instrument
+fetch) ends it: nothing is open yet, the command exits 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -32,9 +34,13 @@ from .common import (
     checkpoint_interval,
     positive_number,
     settings_of,
+    stdout_closed,
     summary_line,
     vault_of,
 )
+
+if TYPE_CHECKING:
+    from ..sources.okx import OkxSource  # imported at run time only by live (websockets)
 
 log = logging.getLogger("vstream")
 _encoder = msgspec.json.Encoder()
@@ -108,15 +114,24 @@ async def run_live(args: argparse.Namespace) -> int:
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids))
     for inst_id in inst_ids:
         kind_of(inst_id)
-    from ..sources.okx import OkxSource  # websockets: only live mode needs it
-
+    # The handlers go in before any start-up work (the instrument fetch may retry for seconds):
+    # a stop then ends start-up, with nothing opened yet to flush or checkpoint, and exit 0.
+    stop = _Stop()
+    undo = _install_signals(asyncio.get_running_loop(), stop.signal)
     rest = OkxRest(args.rest_url or DEFAULT_REST_URL)
     try:
+        starting = asyncio.ensure_future(_start_up(vault, inst_ids, rest))
+        stop.starting = starting
         try:
-            await refresh_instrument_cache(vault, inst_ids, rest)
-        except SourceError as exc:
-            log.warning("could not refresh the instrument cache (%s); using cached or built-in ctVal", exc)
-        source = OkxSource(
+            okx_source = await starting
+        except asyncio.CancelledError:
+            if not stop.requested:
+                raise  # cancelled from outside, not by a signal
+            okx_source = None
+        if stop.requested or okx_source is None:
+            log.warning("stopped during start-up: nothing to flush or checkpoint yet")
+            return 0
+        source = okx_source(
             inst_ids,
             channel=args.channel,
             ws_url=args.ws_url,
@@ -127,8 +142,14 @@ async def run_live(args: argparse.Namespace) -> int:
         )
 
         def show(bar: Bar) -> None:
-            sys.stdout.buffer.write(_encoder.encode(bar) + b"\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.buffer.write(_encoder.encode(bar) + b"\n")
+                sys.stdout.flush()
+            except BrokenPipeError as exc:
+                if not stdout_closed(exc):
+                    raise
+                # Nobody reads the bars any more (``live | head``): end as on SIGTERM.
+                source.stop()
 
         partial = getattr(args, "partial", None)
         engine = Engine(
@@ -141,33 +162,58 @@ async def run_live(args: argparse.Namespace) -> int:
             partial_sinks=[show] if partial else [],
             partial_every=partial or 1.0,
         )
-        signals = 0
-
-        def on_signal() -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
-                log.warning("stopping: closing what is due, flushing and checkpointing")
-                source.stop()
-            else:
-                engine.stop()
-
-        undo = _install_signals(asyncio.get_running_loop(), on_signal)
+        stop.running(source, engine)
         started = time.perf_counter()
-        try:
-            async with engine:
-                before = {i: msgspec.structs.replace(engine.assembler(i).counters) for i in inst_ids}
-                await engine.run()
-                after = {i: engine.assembler(i).counters for i in inst_ids}
-        finally:
-            undo()
+        async with engine:
+            before = {i: msgspec.structs.replace(engine.assembler(i).counters) for i in inst_ids}
+            await engine.run()
+            after = {i: engine.assembler(i).counters for i in inst_ids}
         seconds = time.perf_counter() - started
         if not getattr(args, "quiet", False):
             for inst_id in inst_ids:
                 print(summary_line(inst_id, before[inst_id], after[inst_id], seconds), file=sys.stderr)
     finally:
+        undo()
         await rest.aclose()
     return 0
+
+
+async def _start_up(vault: Path, inst_ids: list[str], rest: OkxRest) -> type[OkxSource]:
+    """Refresh the instrument cache; return the source class (its import is not free)."""
+    from ..sources.okx import OkxSource  # websockets: only live mode needs it
+
+    try:
+        await refresh_instrument_cache(vault, inst_ids, rest)
+    except SourceError as exc:
+        log.warning("could not refresh the instrument cache (%s); using cached or built-in ctVal", exc)
+    return OkxSource
+
+
+class _Stop:
+    """Where SIGINT/SIGTERM go. While starting, a signal cancels the start-up; once running,
+    the first asks the source to stop (it closes what is due and ends, the engine flushes and
+    checkpoints), a second stops the engine at once (it still checkpoints)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.starting: asyncio.Future[Any] | None = None
+        self._source: OkxSource | None = None
+        self._engine: Engine | None = None
+
+    def running(self, source: OkxSource, engine: Engine) -> None:
+        self._source, self._engine = source, engine
+
+    def signal(self) -> None:
+        first = not self.requested
+        self.requested = True
+        if self._source is None or self._engine is None:
+            if self.starting is not None:
+                self.starting.cancel()
+        elif first:
+            log.warning("stopping: closing what is due, flushing and checkpointing")
+            self._source.stop()
+        else:
+            self._engine.stop()
 
 
 __all__ = ["register_live", "run_live"]

@@ -27,6 +27,7 @@ from .common import (
     add_vault_option,
     checkpoint_interval,
     describe,
+    print_out,
     report,
     run_async,
     settings_of,
@@ -121,7 +122,7 @@ async def _replay(args: argparse.Namespace) -> int:
         if isinstance(result, BaseException):
             status = max(status, report(result, inst_id))
         else:
-            print(result, flush=True)
+            print_out(result)
     return status
 
 
@@ -182,7 +183,7 @@ async def _replay_parallel(
             print(f"vstream: {result[0]}", file=sys.stderr, flush=True)
             status = max(status, result[1])
         else:
-            print(result[0], flush=True)
+            print_out(result[0])
     return status
 
 

@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from ..errors import ConfigError
-from ..query import STATUS_COLUMNS, format_table, parse_duration, status_row, vault_status
-from .common import add_vault_option, vault_of
+from ..query import (
+    STATUS_COLUMNS,
+    InstrumentStatus,
+    format_table,
+    parse_duration,
+    status_row,
+    vault_status,
+)
+from .common import add_vault_option, stdout_closed, vault_of
 
 
 def max_lag(text: str) -> float:
@@ -62,6 +70,16 @@ def _status(args: Any) -> int:
     if not vault.is_dir():
         raise ConfigError(f"vault {vault} does not exist")
     result = vault_status(vault, args.inst_ids, max_lag=args.max_lag, remember=not args.no_remember)
+    verdict = 0 if all(s.ok for s in result) else 1
+    try:
+        _write(args, vault, result)
+    except BrokenPipeError as exc:  # nobody reads the table: the verdict still stands
+        if not stdout_closed(exc):
+            raise
+    return verdict
+
+
+def _write(args: Any, vault: Path, result: list[InstrumentStatus]) -> None:
     out = sys.stdout
     if args.json:
         for st in result:
@@ -77,4 +95,3 @@ def _status(args: Any) -> int:
             for note in st.notes:
                 out.write(f"{st.instId}: note: {note}\n")
     out.flush()
-    return 0 if all(s.ok for s in result) else 1
