@@ -99,6 +99,14 @@ def _timeframes(text: str) -> tuple[str, ...]:
     return items
 
 
+def add_instruments_option(p: argparse.ArgumentParser, every: str, *, flag: str = "--all") -> None:
+    """``--instId ID`` (repeatable) or ``flag`` (``every`` says which instruments it takes):
+    one of the two is required."""
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
+    group.add_argument(flag, action="store_true", help=every)
+
+
 def add_vault_option(p: argparse.ArgumentParser) -> None:
     """``--vault P``."""
     p.add_argument("--vault", metavar="P", help="vault folder (default: $VSTREAM_VAULT, else ./Vault)")

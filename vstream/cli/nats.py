@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError, SourceError
 from ..instruments import discover, kind_of
 from .common import (
+    add_instruments_option,
     add_settings_options,
     add_vault_option,
     checkpoint_interval,
@@ -47,9 +48,7 @@ def register_publish(sub: argparse._SubParsersAction[Any]) -> None:
         description="Publish what the trades stream does not have yet of the instruments' raw "
         "files; running it again, or twice at once, publishes each trade once.",
     )
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
-    group.add_argument("--all", action="store_true", help="every instrument with trade files in the vault")
+    add_instruments_option(p, "every instrument with trade files in the vault")
     add_vault_option(p)
     _add_nats_option(p)
     p.add_argument(
@@ -94,9 +93,7 @@ def register_ingest(sub: argparse._SubParsersAction[Any]) -> None:
         "every accepted trade to the trades stream, one message per batch; several ingesters "
         "for the same instruments leave each trade once in the stream.",
     )
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
-    group.add_argument("--all-swaps", action="store_true", help="every live OKX swap")
+    add_instruments_option(p, "every live OKX swap", flag="--all-swaps")
     _add_nats_option(p)
     add_vault_option(p)
     p.add_argument("--channel", choices=TRADE_CHANNELS, default="trades", help="trades or trades-all")
@@ -246,9 +243,7 @@ def register_sink_jsonl(sub: argparse._SubParsersAction[Any]) -> None:
         "--follow it stops once it has caught up with the stream; with --follow it keeps "
         "writing new bars until SIGINT/SIGTERM.",
     )
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
-    group.add_argument("--all", action="store_true", help="every instrument with bars in the stream (while following, new ones too)")
+    add_instruments_option(p, "every instrument with bars in the stream (while following, new ones too)")
     _add_nats_option(p)
     add_vault_option(p)
     p.add_argument("--follow", action="store_true", help="keep writing new bars until SIGINT/SIGTERM")

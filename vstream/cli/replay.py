@@ -23,6 +23,7 @@ from ..progress import Progress, ProgressSource
 from ..settings import Settings
 from ..sources.replay import ReplaySource
 from .common import (
+    add_instruments_option,
     add_settings_options,
     add_vault_option,
     checkpoint_interval,
@@ -47,9 +48,7 @@ def register_replay(sub: argparse._SubParsersAction[Any]) -> None:
         "the new bars and print one summary line per instrument. Without --final the last minute "
         "stays open for the next run.",
     )
-    group = replay.add_mutually_exclusive_group(required=True)
-    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
-    group.add_argument("--all", action="store_true", help="every instrument with trade files in the vault")
+    add_instruments_option(replay, "every instrument with trade files in the vault")
     add_vault_option(replay)
     replay.add_argument("--final", action="store_true", help="the input is complete: close the last minute")
     replay.add_argument("--rebuild", action="store_true", help="start the instruments over from the first input byte")

@@ -24,7 +24,7 @@ from ..query import (
     signal_row,
 )
 from ..settings import TIMEFRAMES
-from .common import add_vault_option, bar_count, time_range, vault_of
+from .common import add_instruments_option, add_vault_option, bar_count, time_range, vault_of
 
 
 def _tiers(text: str) -> list[str]:
@@ -43,9 +43,7 @@ def register_signals(sub: Any) -> None:
         description="Print the written bars of one or more instruments that show a signal (tier, "
         "absorption, divergence, whale trades), as a table or as their JSON lines.",
     )
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
-    group.add_argument("--all", action="store_true", help="every instrument with bars in the vault")
+    add_instruments_option(p, "every instrument with bars in the vault")
     add_vault_option(p)
     p.add_argument("--timeframe", choices=list(TIMEFRAMES), default="1m", help="which bars (1m)")
     p.add_argument("--tier", dest="tiers", type=_tiers, action="append", default=[], metavar="T4",
