@@ -10,11 +10,10 @@ The asyncio shell in :mod:`vstream.nats.worker` only carries these decisions out
 
 from __future__ import annotations
 
-import calendar
 import hashlib
 import math
-import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -71,9 +70,15 @@ def decode_checkpoint(body: bytes, inst_id: str) -> Checkpoint:
     return ckpt
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def bar_start_ms(bar: Bar) -> int:
     """The bar's period start in epoch milliseconds (from ``timestamp_utc``)."""
-    return calendar.timegm(time.strptime(bar.timestamp_utc, "%Y-%m-%dT%H:%M:%SZ")) * 1000
+    # fromisoformat, not strptime: every bar published goes through here, and strptime's
+    # 5 us a bar was a few per cent of a catching-up worker.
+    return (datetime.fromisoformat(bar.timestamp_utc) - _EPOCH) // _MS
 
 
 def bar_message(bar: Bar) -> Message:
