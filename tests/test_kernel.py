@@ -210,3 +210,36 @@ def test_trades_of_any_shape_fold_alike():
     for kernel in (vstream.kernel, PURE):
         for items in (trades, reordered, plain, mixed):
             assert _totals(kernel, items) == expected
+
+
+def _cuts_by_hand(stamps: list[int], start: int, limit: int) -> list[int]:
+    """The rule: a new piece begins at the trade that would make ``limit + 1`` runs of one
+    minute in the current piece."""
+    cuts, runs, previous = [], 0, None
+    for index in range(start, len(stamps)):
+        minute = stamps[index] // 60_000
+        if minute != previous:
+            if runs == limit:
+                cuts.append(index)
+                runs = 0
+            runs += 1
+            previous = minute
+    return [*cuts, len(stamps)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    minutes=st.lists(st.integers(0, 30), max_size=40),
+    offsets=st.lists(st.integers(0, 59_999), min_size=40, max_size=40),
+    start=st.integers(0, 45),
+    limit=st.integers(1, 6),
+)
+def test_both_kernels_bound_stamps_and_cut_at_minute_runs_alike(minutes, offsets, start, limit):
+    # Out-of-order minutes, a start past the end, runs longer and shorter than the limit.
+    stamps = [M0 + m * 60_000 + o for m, o in zip(minutes, offsets, strict=False)]
+    items = [make_trade(i + 1, "100", 1, ts=ts) for i, ts in enumerate(stamps)]
+    rest = stamps[start:]
+    bounds = (min(rest), max(rest)) if rest else (0, -1)
+    for kernel in (vstream.kernel, PURE):
+        assert kernel.stamp_bounds(items, start) == bounds
+        assert kernel.minute_cuts(items, start, limit) == _cuts_by_hand(stamps, start, limit)

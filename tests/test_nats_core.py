@@ -18,6 +18,7 @@ from vstream.nats.core import (
     InstrumentCore,
     LeaseBook,
     bar_message,
+    bar_start_ms,
     decode_checkpoint,
 )
 from vstream.nats.ingest import (
@@ -209,6 +210,18 @@ def test_bar_message_is_the_replay_line_with_a_bar_id() -> None:
     assert message.body == msgspec.json.encode(bar)
     assert message.subject == f"vstream.bars.{BTC}.1m"
     assert message.headers["Nats-Msg-Id"] == f"{BTC}:1m:{T0 - T0 % MINUTE}"
+
+
+@pytest.mark.parametrize(
+    ("stamp", "ms"),
+    [("1970-01-01T00:00:00Z", 0), ("2017-01-01T00:00:00Z", 1_483_228_800_000),
+     ("2024-02-29T23:59:00Z", 1_709_251_140_000), ("2025-12-14T21:34:00Z", 1_765_748_040_000)],
+)
+def test_a_bar_id_holds_its_period_start_in_epoch_milliseconds(stamp: str, ms: int) -> None:
+    core = InstrumentCore(resolve(BTC), Settings())
+    core.feed(1, [make_trade(1, "100", 1, ts=T0)])
+    bar = core.feed(2, [], end=True)[-1].bars[0].__replace__(timestamp_utc=stamp)
+    assert bar_start_ms(bar) == ms
 
 
 # -- publish plans --------------------------------------------------------------------------

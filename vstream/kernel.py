@@ -86,6 +86,53 @@ def texts_ok(trades: list[Any], known: set[str], accept: Callable[[str], bool]) 
     return not ids or (joined.isascii() and joined.encode().isdigit())
 
 
+def stamp_bounds(trades: list[Any], start: int) -> tuple[int, int]:
+    """The least and the greatest ``ts`` of ``trades[start:]`` (:class:`TradeLike` items),
+    ``(0, -1)`` when there is none. One compiled pass: a distributed worker needs both for
+    every trade message (its lag, and whether the message can finish more bars than one
+    atomic batch holds), and a Python loop over the stamps cost it a tenth of its time."""
+    n = len(trades)
+    if start >= n:
+        return 0, -1
+    t: TradeLike = trades[start]
+    low = t.ts
+    high = low
+    i = start + 1
+    while i < n:
+        t = trades[i]
+        ts = t.ts
+        if ts < low:
+            low = ts
+        elif ts > high:
+            high = ts
+        i += 1
+    return low, high
+
+
+def minute_cuts(trades: list[Any], start: int, limit: int) -> list[int]:
+    """Cut points of ``trades[start:]`` (indexes into ``trades``, ascending, the last one
+    ``len(trades)``) so that no piece holds more than ``limit`` runs of one minute: a piece
+    then finishes at most ``limit`` 1m bars, since a 1m bar is finished only by a trade of
+    another minute than the one before it."""
+    cuts: list[int] = []
+    n = len(trades)
+    changes = 0
+    previous = -1
+    i = start
+    while i < n:
+        t: TradeLike = trades[i]
+        minute = t.ts // MINUTE_MS
+        if minute != previous:
+            if changes >= limit:
+                cuts.append(i)
+                changes = 0
+            changes += 1
+            previous = minute
+        i += 1
+    cuts.append(n)
+    return cuts
+
+
 class MinuteRun:
     """The open minute's running totals while trades stream through.
 
