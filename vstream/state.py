@@ -111,6 +111,24 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def take_instrument(paths: VaultPaths, lock: filelock.FileLock) -> None:
+    """Make the instrument's vault folders and take its lock (one process per instrument,
+    SPEC §7): :class:`StateError` if the folders cannot be made, :class:`LockedError` if
+    another process holds the lock."""
+    try:
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        paths.derived_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"{paths.inst_id}: cannot create vault folders: {exc}") from exc
+    try:
+        lock.acquire()
+    except filelock.Timeout as exc:
+        raise LockedError(
+            f"{paths.inst_id}: another vstream process is working on this instrument "
+            f"(lock {paths.lock}); wait for it to finish"
+        ) from exc
+
+
 class InstrumentStore:
     """One instrument's state, lock and output files in a vault.
 
@@ -144,18 +162,7 @@ class InstrumentStore:
 
     def open(self, *, rebuild: bool = False) -> State:
         """Lock the instrument and return the state to resume from (a fresh one if none)."""
-        try:
-            self.paths.state_dir.mkdir(parents=True, exist_ok=True)
-            self.paths.derived_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(f"{self.inst_id}: cannot create vault folders: {exc}") from exc
-        try:
-            self._lock.acquire()
-        except filelock.Timeout as exc:
-            raise LockedError(
-                f"{self.inst_id}: another vstream process is working on this instrument "
-                f"(lock {self.paths.lock}); wait for it to finish"
-            ) from exc
+        take_instrument(self.paths, self._lock)
         try:
             self._remove_stale_temporaries()
             if rebuild:

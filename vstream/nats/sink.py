@@ -30,10 +30,10 @@ import filelock
 import msgspec
 
 from ..assembler import Bar
-from ..errors import ConfigError, LockedError, SinkError, StateError
+from ..errors import ConfigError, SinkError, StateError
 from ..instruments import VaultPaths
 from ..settings import TIMEFRAMES
-from ..state import write_atomic
+from ..state import take_instrument, write_atomic
 from .connect import BARS_PREFIX, BARS_STREAM, check_inst_id, translate
 from .readers import PullReader, split_bar_subject
 
@@ -91,18 +91,7 @@ class SinkStore:
 
     def open(self, *, rebuild: bool, stream_created: str) -> SinkState:
         """Lock the instrument, check the files and return the state to resume from."""
-        try:
-            self.paths.state_dir.mkdir(parents=True, exist_ok=True)
-            self.paths.derived_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StateError(f"{self.inst_id}: cannot create vault folders: {exc}") from exc
-        try:
-            self._lock.acquire()
-        except filelock.Timeout as exc:
-            raise LockedError(
-                f"{self.inst_id}: another vstream process is working on this instrument "
-                f"(lock {self.paths.lock}); wait for it to finish"
-            ) from exc
+        take_instrument(self.paths, self._lock)
         try:
             return self._load(rebuild, stream_created)
         except BaseException:
