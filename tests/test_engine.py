@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -15,7 +14,7 @@ import vstream
 from vstream import Bar, ConfigError, Engine, ReplaySource, Settings, SinkError, VaultPaths
 from vstream.generate import generate_vault
 from vstream.sinks.jsonl import JsonlSink
-from vstream.testing import CollectingSink, ListSource, make_trade
+from vstream.testing import CollectingSink, ListSource, LiveListSource, ManualClock, make_trade
 
 INST = "BTC-USDT-SWAP"
 
@@ -235,36 +234,9 @@ async def test_any_source_resumes_in_a_vault_from_its_own_position(tmp_path):
     assert output(tmp_path / "b") == output(tmp_path / "a") == msgspec.json.Encoder().encode_lines(whole.bars)
 
 
-class _Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class _TrickleSource(ListSource):
-    """A live source of the simplest kind: it delivers its trades, then waits for more."""
-
-    live = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.done = asyncio.Event()
-
-    async def _iterate(self):  # type: ignore[override]
-        async for batch in super()._iterate():
-            yield batch
-        await self.done.wait()
-
-    async def aclose(self) -> None:
-        self.done.set()
-        await super().aclose()
-
-
 async def test_a_live_source_gets_wall_clock_closing_from_the_engine():
     m0 = 1_765_748_040_000
-    clock = _Clock(m0 / 1000 + 10)
+    clock = ManualClock(m0 / 1000 + 10)
     bars: list[Bar] = []
     got = asyncio.Event()
 
@@ -272,7 +244,7 @@ async def test_a_live_source_gets_wall_clock_closing_from_the_engine():
         bars.append(bar)
         got.set()
 
-    source = _TrickleSource(INST, [make_trade(1, "100", 1, "buy", m0 + 5_000)], final=False)
+    source = LiveListSource(INST, [make_trade(1, "100", 1, "buy", m0 + 5_000)], final=False)
     engine = Engine([source], [collect], settings=Settings(grace=2.0), clock=clock)
     async with engine:
         task = asyncio.create_task(engine.run())
@@ -293,7 +265,7 @@ async def test_stopping_while_the_clock_closes_a_minute_still_writes_its_bar(tmp
     # The ticker closes a minute and writes it; a stop that lands while that write is under
     # way must not cancel it halfway (a live bar without a recording cannot be recomputed).
     m0 = 1_765_748_040_000
-    clock = _Clock(m0 / 1000 + 10)
+    clock = ManualClock(m0 / 1000 + 10)
     writing = asyncio.Event()
     release = asyncio.Event()
     real_append = JsonlSink.append
@@ -305,7 +277,7 @@ async def test_stopping_while_the_clock_closes_a_minute_still_writes_its_bar(tmp
         return await real_append(self, data)
 
     monkeypatch.setattr(JsonlSink, "append", slow_append)
-    source = _TrickleSource(INST, [make_trade(1, "100", 1, "buy", m0 + 5_000)], final=False)
+    source = LiveListSource(INST, [make_trade(1, "100", 1, "buy", m0 + 5_000)], final=False)
     engine = Engine([source], settings=Settings(grace=2.0), clock=clock, vault=tmp_path)
     async with engine:
         task = asyncio.create_task(engine.run())

@@ -9,14 +9,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
 
 from vstream import Bar, ConfigError, Engine, Settings
 from vstream.instruments import VaultPaths
-from vstream.testing import ListSource, make_trade
+from vstream.testing import ListSource, LiveListSource, ManualClock, make_trade
 from vstream.testing.fake_okx import FakeOkxServer
 
 INST = "BTC-USDT-SWAP"
@@ -24,38 +23,11 @@ M0 = 1_765_748_040_000
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class TrickleSource(ListSource):
-    """A live source: delivers its trades, then waits until closed."""
-
-    live = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.done = asyncio.Event()
-
-    async def _iterate(self):  # type: ignore[override]
-        async for batch in super()._iterate():
-            yield batch
-        await self.done.wait()
-
-    async def aclose(self) -> None:
-        self.done.set()
-        await super().aclose()
-
-
 async def test_bars_in_progress_follow_the_engine_clock_and_end_final(tmp_path: Path) -> None:
     trades = [make_trade(i, "42210.5", 2, "buy" if i % 3 else "sell", M0 + 1000 * i) for i in range(1, 6)]
-    clock = Clock(M0 / 1000 + 10)
+    clock = ManualClock(M0 / 1000 + 10)
     settings = Settings(grace=2.0, footprint_tick=10, cvd=True)
-    source = TrickleSource(INST, trades, final=False)
+    source = LiveListSource(INST, trades, final=False)
     plain: list[Bar] = []
     engine = Engine(
         [source], [plain.append], settings=settings, clock=clock, partial_every=5.0, vault=tmp_path / "V"
@@ -144,8 +116,8 @@ async def test_live_partial_prints_bars_in_progress_and_writes_only_final_ones(t
 
 
 async def test_a_clock_jump_gives_one_bar_in_progress_not_a_burst() -> None:
-    clock = Clock(M0 / 1000 + 10)
-    source = TrickleSource(INST, [make_trade(1, "100", 1, "buy", M0 + 1000)], final=False)
+    clock = ManualClock(M0 / 1000 + 10)
+    source = LiveListSource(INST, [make_trade(1, "100", 1, "buy", M0 + 1000)], final=False)
     engine = Engine([source], settings=Settings(grace=3600.0), clock=clock, partial_every=5.0)
     seen: list[Bar] = []
     async with engine:

@@ -1,6 +1,8 @@
 """Test helpers for vstream and for bots built on it.
 
 * :class:`ListSource` — a source that delivers given trades (in batches) with no I/O;
+* :class:`LiveListSource` — the same as a live source: it then waits until closed;
+* :class:`ManualClock` — a clock for ``Engine(clock=...)`` that moves only when told;
 * :class:`CollectingSink` — a sink that keeps every bar it is given;
 * :func:`make_trade` — a valid :class:`~vstream.Trade` from a few words;
 * :class:`FakeOkxServer` — a loopback stand-in for OKX's websocket and REST endpoints;
@@ -94,6 +96,37 @@ class ListSource:
         self._closed = True
 
 
+class LiveListSource(ListSource):
+    """A :class:`ListSource` that behaves as a live one: once its trades are delivered it
+    waits for more (none come) until :meth:`aclose`, so the engine's clock closes the bars.
+    Give ``final=False`` (a live stream has no end of input)."""
+
+    live = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.done = asyncio.Event()
+
+    async def _iterate(self) -> AsyncIterator[Batch]:
+        async for batch in super()._iterate():
+            yield batch
+        await self.done.wait()
+
+    async def aclose(self) -> None:
+        self.done.set()
+        await super().aclose()
+
+
+class ManualClock:
+    """Seconds since the epoch that change only when a test sets :attr:`t`."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 class CollectingSink:
     """Keeps every bar written to it in :attr:`bars`; ``delay`` makes it a slow sink."""
 
@@ -136,6 +169,8 @@ __all__ = [
     "CollectingSink",
     "FakeOkxServer",
     "ListSource",
+    "LiveListSource",
+    "ManualClock",
     "NatsCluster",
     "NatsServer",
     "make_trade",
