@@ -24,7 +24,7 @@ import msgspec
 
 from .assembler import Bar, BarAssembler, Counters
 from .errors import ConfigError, SinkError, SourceError, VStreamError
-from .instruments import Instrument, VaultPaths, load_cache, resolve
+from .instruments import Instrument, Kind, VaultPaths, load_cache, load_meta, resolve
 from .kernel import MINUTE_MS
 from .settings import SHAPE_FIELDS, Settings
 from .sinks import Sink, SinkLike, as_sink
@@ -186,6 +186,14 @@ class _Pipe:
     position: Any = None
     state: State | None = None
     dirty: bool = False
+    #: Contract facts of trade lines already reported as differing from the instrument's.
+    odd_reported: set[tuple[float, bool]] = field(default_factory=set)
+
+    @property
+    def provisional(self) -> bool:
+        """A swap or future converted only by its lines' own ctVal: a line without one stops
+        the run, and nothing of the run is kept before it ends (SPEC §4)."""
+        return self.instrument.ct_val is None and self.instrument.kind is not Kind.SPOT
 
 
 #: Put in the batch queue by stop() to wake a consumer waiting on it.
@@ -369,9 +377,18 @@ class Engine:
                 or self._all_given
                 or ("ct_val" in self._given and inst_id in self.settings.ct_val)
             )
+            # Trade lines that carry their own ctVal (exporter lines) convert themselves: the
+            # instrument then needs none, until a line without one comes (SPEC §4).
+            carries = getattr(self._source_of[inst_id], "carries_contracts", None)
+            own = bool(carries(inst_id)) if carries is not None else False
+            meta = load_meta(self.vault, inst_id) if self.vault is not None else None
             # A ctVal nobody gave may be in the state: the store raises if it is not.
             instrument = explicit or resolve(
-                inst_id, self.settings.ct_val, cache, required=self.vault is None or ct_chosen
+                inst_id,
+                self.settings.ct_val,
+                cache,
+                required=(self.vault is None or ct_chosen) and not own,
+                meta=meta,
             )
             if self.vault is None:
                 self._pipes[inst_id] = _Pipe(instrument, BarAssembler(instrument, self.settings))
@@ -382,7 +399,9 @@ class Engine:
                 "footprint" in self._given and inst_id in self.settings.footprint
             ):
                 given |= {"footprint"}
-            store = InstrumentStore(paths, self.settings.shape(instrument.ct_val, inst_id), given=given)
+            store = InstrumentStore(
+                paths, self.settings.shape(instrument.ct_val, inst_id), given=given, own_contracts=own
+            )
             state = store.open(rebuild=self.rebuild)
             try:
                 shape = store.shape
@@ -547,7 +566,7 @@ class Engine:
                 break
             now = self._clock()
             if now - last_checkpoint >= self._checkpoint_interval:
-                await self.checkpoint()
+                await self.checkpoint(periodic=True)
                 last_checkpoint = now
 
     async def _handle(self, batch: Batch) -> None:
@@ -560,7 +579,15 @@ class Engine:
         if batch.gap:
             assembler.mark_gap()
         if batch.trades:
-            bars += assembler.feed(batch.trades)
+            try:
+                bars += assembler.feed(batch.trades)
+            except ConfigError:
+                # A trade with no contract value to convert it: nothing of this run is kept.
+                self._broken = True
+                raise
+            odd = assembler.odd_contracts()
+            if odd:
+                self._report_odd(pipe, odd)
         counters = assembler.counters
         if batch.rejects:
             counters.rejects += len(batch.rejects)
@@ -574,6 +601,24 @@ class Engine:
         pipe.dirty = True
         if bars:
             await self._emit(pipe, bars)
+
+    def _report_odd(self, pipe: _Pipe, odd: list[tuple[float, bool]]) -> None:
+        """Say once per run what contract facts trade lines carry where they differ from the
+        instrument's (they still convert their own trades, SPEC §4)."""
+        inst = pipe.instrument
+        mine = f"{inst.ct_val!r} ({'inverse' if inst.inverse else 'linear'})"
+        for ct, inverse in odd:
+            if (ct, inverse) in pipe.odd_reported:
+                continue
+            pipe.odd_reported.add((ct, inverse))
+            log.warning(
+                "%s: trade lines carry ctVal %r (%s) where the instrument's is %s; each such "
+                "trade is converted with its line's own",
+                inst.inst_id,
+                ct,
+                "inverse" if inverse else "linear",
+                mine,
+            )
 
     async def _emit(self, pipe: _Pipe, bars: list[Bar]) -> None:
         if pipe.outputs:
@@ -645,13 +690,18 @@ class Engine:
 
     # -- durability ------------------------------------------------------------------------
 
-    async def checkpoint(self) -> None:
-        """Make bars durable, then save each instrument's state atomically (SPEC §7)."""
+    async def checkpoint(self, *, periodic: bool = False) -> None:
+        """Make bars durable, then save each instrument's state atomically (SPEC §7).
+
+        ``periodic``: a checkpoint on the way, which leaves out instruments whose run may
+        still be refused (:attr:`_Pipe.provisional`); the one at the end takes them too."""
         if self._broken:
             raise SinkError("an earlier checkpoint failed; this engine writes no more")
         async with self._ckpt_lock:
             for pipe in self._pipes.values():
                 if pipe.store is None or pipe.state is None:
+                    continue
+                if periodic and pipe.provisional:
                     continue
                 if not pipe.dirty:
                     # Nothing taken since the state on disk (opening saved or loaded it):

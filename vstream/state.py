@@ -141,9 +141,18 @@ class InstrumentStore:
     The constructor does no I/O.
     """
 
-    def __init__(self, paths: VaultPaths, wanted: BarShape, *, given: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        paths: VaultPaths,
+        wanted: BarShape,
+        *,
+        given: Iterable[str] | None = None,
+        own_contracts: bool = False,
+    ) -> None:
         self.paths = paths
         self.wanted = wanted
+        # The instrument's trade lines carry their own ctVal: it may have none of its own.
+        self.own_contracts = own_contracts
         self.given = frozenset(wanted.__struct_fields__ if given is None else given)
         self.shape = wanted
         self._lock = filelock.FileLock(paths.lock, timeout=0, thread_local=False)
@@ -184,7 +193,7 @@ class InstrumentStore:
         return State(instId=self.inst_id, fingerprint=self.fingerprint, settings=self.shape)
 
     def _settle(self, shape: BarShape) -> None:
-        if shape.ct_val is None and kind_of(self.inst_id) is not Kind.SPOT:
+        if shape.ct_val is None and kind_of(self.inst_id) is not Kind.SPOT and not self.own_contracts:
             raise missing_ct_val(self.inst_id)
         self.shape = shape
 
