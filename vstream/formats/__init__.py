@@ -78,18 +78,23 @@ def sniff_file(path: Path) -> Format | None:
     return sniff_lines(lines[:-1] if len(lines) > 1 else lines)
 
 
-def wire_lines(trades: Sequence[Trade], contract: exporter.Contract) -> bytes:
+_wire = msgspec.json.Encoder()
+
+
+def wire_lines(trades: list[Trade]) -> bytes:
     """``trades`` as lines any :class:`~vstream.trades.LineDecoder` reads back to equal
-    trades: OKX objects, except trades with their own contract facts, which only exporter
-    lines (with ``count``) can carry. Used between vstream processes (JetStream)."""
-    if not any(t.ct_val > 0.0 for t in trades):
-        return okx.encode(trades)
+    trades, for messages between vstream processes (JetStream): each trade as its Struct
+    encodes (OKX's keys) in one C call, except trades decoded from exporter lines or with
+    their own contract facts, which only exporter lines (with ``count``) carry."""
+    if not any(t.ct_val > 0.0 or type(t) in exporter.STRUCT_TYPES for t in trades):
+        return _wire.encode_lines(trades)
+    contract = exporter.Contract(market="")
     out: list[bytes] = []
     for t in trades:
-        if t.ct_val > 0.0:
+        if t.ct_val > 0.0 or type(t) in exporter.STRUCT_TYPES:
             out.append(exporter.encode((t,), contract, newline=b"\n", counts=True))
         else:
-            out.append(okx.encode((t,)))
+            out.append(_wire.encode(t) + b"\n")
     return b"".join(out)
 
 

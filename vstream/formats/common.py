@@ -28,7 +28,7 @@ MAX_PX_CHARS = 64
 MAX_ID_DIGITS = 32
 MAX_COUNT = 1_000_000_000
 
-class Trade(msgspec.Struct, gc=False, kw_only=True):
+class Trade(msgspec.Struct, gc=False, kw_only=True, omit_defaults=True):
     """One OKX trade, as the analyzer uses it, whatever line format it came in.
 
     ``px`` keeps the exact decimal string the input gave (bars print it unchanged); ``sz`` is

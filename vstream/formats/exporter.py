@@ -15,7 +15,8 @@ key, so :func:`encode` writes exactly the exporter's twelve keys in its order.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
@@ -181,9 +182,16 @@ def fast_struct(inst_id: str) -> type[Trade]:
         ("exchange", Literal["okx"], "okx"),
         ("okx_trade_id", UnsetType, msgspec.field(default=UNSET, name="tradeId")),
     ]
-    return msgspec.defstruct(  # type: ignore[return-value]
+    struct: type[Trade] = msgspec.defstruct(  # type: ignore[assignment]
         "_ExporterLine", fields, bases=(Trade,), gc=False, kw_only=True
     )
+    STRUCT_TYPES.add(struct)
+    return struct
+
+
+#: Every Struct :func:`fast_struct` made: their instances encode with the exporter's keys
+#: (and hidden fields), so they are written out through :func:`encode`.
+STRUCT_TYPES: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 class Contract(msgspec.Struct, frozen=True):
@@ -205,15 +213,14 @@ def encode(
     trades: Iterable[Trade], contract: Contract, *, newline: bytes = b"\r\n", counts: bool = False
 ) -> bytes:
     """Exporter lines for ``trades``, each ending in ``newline`` (the exporter writes CRLF on
-    Windows). Exactly the exporter's twelve keys, in its order, every value a string,
-    ``timestamp_utc`` with six fractional digits, as ``json.dumps`` separates them; ``counts``
-    adds ``count`` after them where it is not 1 (never in the vault: the trader's other tools
-    build a record from every key)."""
+    Windows): see :func:`line`. A trade's own contract facts are written where it has them,
+    the contract's otherwise. ``counts`` adds ``count`` after the twelve keys where it is not
+    1 (never in the vault: the trader's other tools build a record from every key)."""
     out: list[bytes] = []
     for t in trades:
         base, quote = t.instId.split("-")[:2]
         if t.ct_val > 0.0:
-            ct_val, ct_type = repr(t.ct_val), "inverse" if t.ct_inverse else "linear"
+            ct_val, ct_type = number_text(t.ct_val), "inverse" if t.ct_inverse else "linear"
         else:
             ct_val, ct_type = contract.ct_val, contract.ct_type
         values = (
@@ -230,11 +237,23 @@ def encode(
             contract.ct_mult,
             ct_type,
         )
-        pairs = [key + _encode_text(value) for key, value in zip(_KEY_PREFIXES, values, strict=True)]
-        if counts and t.count != 1:
-            pairs.append(b'"count": ' + _encode_text(str(t.count)))
-        out.append(b"{" + b", ".join(pairs) + b"}" + newline)
+        extra = (("count", str(t.count)),) if counts and t.count != 1 else ()
+        out.append(line(values, extra) + newline)
     return b"".join(out)
+
+
+def line(values: Sequence[str], extra: Sequence[tuple[str, str]] = ()) -> bytes:
+    """One exporter line (no newline) of the twelve ``values`` in :data:`KEYS` order, every
+    value a string, separated as ``json.dumps`` separates them; ``extra`` pairs follow."""
+    pairs = [key + _encode_text(value) for key, value in zip(_KEY_PREFIXES, values, strict=True)]
+    pairs += [b'"%s": ' % key.encode() + _encode_text(value) for key, value in extra]
+    return b"{" + b", ".join(pairs) + b"}"
+
+
+def number_text(value: float) -> str:
+    """A contract value as OKX writes it: ``10`` rather than ``10.0``, ``0.01`` as it is."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _timestamp(ts: int) -> str:
