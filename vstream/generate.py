@@ -666,14 +666,19 @@ def write_benchmark_file(
     *,
     start_ms: int = to_ms(DEFAULT_START),
     trades_per_minute: float = 300.0,
+    line_format: str = "okx",
 ) -> int:
     """Write ``n_trades`` valid flat trade lines fast; return the number of lines written.
 
     Simpler flow than :func:`iter_trades` (tick random walk, ~40 % of trades share the previous
     ``ts``, heavy-tailed sizes) but the same line shape. Randomness comes from ``randbytes`` and
     lookup tables and lines are joined per 64k chunk, because per-line ``json`` encoding and
-    ``random`` calls would dominate a multi-million-line run.
+    ``random`` calls would dominate a multi-million-line run. ``line_format`` ``exporter``
+    writes the same trades as the trades exporter's lines (CRLF, as :func:`exporter_line`
+    writes them, byte for byte).
     """
+    if line_format not in LINE_FORMATS:
+        raise ValueError(f"line_format must be one of {', '.join(LINE_FORMATS)}, not {line_format!r}")
     ins = instrument(inst_id)
     rng = random.Random(f"vstream.bench:{inst_id}:{seed}")
     d, szd = ins.px_decimals, ins.sz_decimals
@@ -698,6 +703,10 @@ def write_benchmark_file(
     head = '{"instId":"' + ins.inst_id + '","tradeId":"'
     cache: dict[int, str] = {}
     written = 0
+    if line_format == "exporter":
+        return _write_exporter_benchmark(
+            path, ins, n_trades, rng, sizes, sides, steps, dts, p, tid, start_ms
+        )
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         while written < n_trades:
             n = min(65_536, n_trades - written)
@@ -715,6 +724,60 @@ def write_benchmark_file(
                 out.append(
                     f'{head}{tid}","px":"{px}","sz":"{sizes[rc[i]]}","side":"{sides[a]}",'
                     f'"ts":"{ts}","count":"{counts[rb[i] ^ rc[i]]}","source":"0","seqId":{tid + seq_off}}}\n'
+                )
+                tid += 1
+            f.write("".join(out))
+            written += n
+    return written
+
+
+def _write_exporter_benchmark(
+    path: Path,
+    ins: Instrument,
+    n_trades: int,
+    rng: random.Random,
+    sizes: list[str],
+    sides: list[str],
+    steps: list[int],
+    dts: list[int],
+    p: int,
+    tid: int,
+    ts: int,
+) -> int:
+    """:func:`write_benchmark_file`'s flow as exporter lines (no ``count``: the exporter has
+    none). Seconds are formatted once each, the rest of a line from cached pieces."""
+    d = ins.px_decimals
+    base, quote = ins.inst_id.split("-")[:2]
+    ct = f'"{_ct_text(ins.ct_val)}", "ctMult": "1", "ctType": "{"inverse" if ins.inverse else "linear"}"}}\r\n'
+    mid = (
+        f'", "exchange": "okx", "market": "{ins.market}", "instId": "{ins.inst_id}", '
+        f'"symbol_canon": "{base}/{quote}", "trade_id": "'
+    )
+    sizes_text = [repr(float(sz)) for sz in sizes]
+    cache: dict[int, str] = {}
+    second = -1
+    stamp = ""
+    written = 0
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        while written < n_trades:
+            n = min(65_536, n_trades - written)
+            ra, rb, rc = rng.randbytes(n), rng.randbytes(n), rng.randbytes(n)
+            out = []
+            for i in range(n):
+                a = ra[i]
+                p += steps[a]
+                if p < 1:
+                    p = 1
+                ts += dts[rb[i]]
+                if ts // 1000 != second:
+                    second = ts // 1000
+                    stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                px = cache.get(p)
+                if px is None:
+                    px = cache[p] = format_units(p, d)
+                out.append(
+                    f'{{"timestamp_utc": "{stamp}.{ts % 1000:03d}000Z{mid}{tid}", "side": "{sides[a]}", '
+                    f'"price": "{px}", "qty_contracts": "{sizes_text[rc[i]]}", "ctVal": {ct}'
                 )
                 tid += 1
             f.write("".join(out))
