@@ -256,7 +256,7 @@ class LineDecoder:
     All three accept and reject exactly the same trades; the careful path is the reference.
     """
 
-    __slots__ = ("_ct_ok", "_dec_line", "_inverse", "_kinds", "_now", "_prefer_exporter", "_px_ok", "inst_id")
+    __slots__ = ("_dec_line", "_inverse", "_kinds", "_now", "_prefer_exporter", "_px_ok", "inst_id")
 
     def __init__(self, inst_id: str) -> None:
         self.inst_id = inst_id
@@ -265,8 +265,6 @@ class LineDecoder:
         self._now = 0
         # Price texts already found to be plain positive decimals.
         self._px_ok: set[str] = set()
-        # ctVal texts of exporter lines already read, with their values.
-        self._ct_ok: dict[str, float] = {}
         self._inverse = exporter.default_inverse(inst_id)
         # The format the last flat chunk was in: a file keeps to one, so it is tried first.
         self._prefer_exporter = False
@@ -342,9 +340,7 @@ class LineDecoder:
             return None
         if len(trades) != count or not self._texts_ok(trades):
             return None
-        if as_exporter and not exporter_ready(
-            trades, kinds.ts_max, self._inverse, self._ct_ok, exporter.ct_value
-        ):
+        if as_exporter and not exporter_ready(trades, kinds.ts_max, self._inverse):
             return None
         return trades
 

@@ -14,6 +14,7 @@ key, so :func:`encode` writes exactly the exporter's twelve keys in its order.
 
 from __future__ import annotations
 
+import math
 import re
 import weakref
 from collections.abc import Iterable, Sequence
@@ -30,7 +31,6 @@ from .common import (
     check_fields,
     check_ts,
     count_value,
-    decimal,
     show,
 )
 from .okx import HIDDEN_FIELDS, fast_fields
@@ -95,20 +95,20 @@ def stamp_ms(value: Any, now_ms: int) -> int | str:
     return bad if bad is not None else ts
 
 
-def ct_value(text: str) -> float:
-    """A line's ``ctVal`` text as a contract value, or 0.0 if it is not one (the rule of
-    :func:`check`)."""
-    got = _ct(text)
-    return got if isinstance(got, float) else 0.0
-
-
 def _ct(value: Any) -> float | str:
-    got = decimal(value, "ctVal")
-    if isinstance(got, str):
-        return got
-    if got[1] > MAX_CT_VAL:
+    """A line's ``ctVal``: by the rule of a size (a JSON number, or a string holding one),
+    finite, > 0 and at most :data:`~vstream.settings.MAX_CT_VAL`; or what is wrong."""
+    try:
+        ct = msgspec.convert(value, float, strict=False)
+    except msgspec.ValidationError:
+        return f"ctVal must be a decimal number, got {show(value)}"
+    if not math.isfinite(ct):
+        return f"ctVal must be finite, got {show(value)}"
+    if ct <= 0:
+        return "ctVal must be > 0"
+    if ct > MAX_CT_VAL:
         return f"ctVal must be at most {MAX_CT_VAL:g}"
-    return got[1]
+    return ct
 
 
 def default_inverse(inst_id: str) -> bool:
@@ -162,9 +162,9 @@ def check(obj: dict[str, Any], inst_id: str, now_ms: int) -> Trade | str:
 
 def fast_struct(inst_id: str) -> type[Trade]:
     """A :class:`Trade` subclass that a typed decoder fills from an exporter line: the rules
-    of :func:`check` that msgspec can check in C. ``ts``, ``ct_val`` and ``ct_inverse`` are
-    left for :func:`vstream.kernel.exporter_ready` to fill from ``stamp``, ``ct_text`` and
-    ``ct_type``; a line that also has ``tradeId`` (an OKX object, by the rule of
+    of :func:`check` that msgspec can check in C. ``ts`` and ``ct_inverse`` are left for
+    :func:`vstream.kernel.exporter_ready` to fill from ``stamp`` and ``ct_type`` (and an
+    empty ``ct_val`` to clear); a line that also has ``tradeId`` (an OKX object, by the rule of
     :func:`is_exporter`) is refused."""
     okx = {f[0]: f for f in fast_fields(inst_id, 0)}
     renamed = {"tradeId": NAMES.trade_id, "px": NAMES.px, "sz": NAMES.sz}
@@ -175,9 +175,11 @@ def fast_struct(inst_id: str) -> type[Trade]:
         okx["side"],
         ("ts", int, msgspec.field(default=0, name=_HIDDEN_TS)),
         okx["count"],
-        *HIDDEN_FIELDS,
+        # ctVal by the size's rule (a JSON number, or a string holding one), checked in C;
+        # "" (an instrument without contracts) is left for exporter_ready to clear
+        ("ct_val", Annotated[float, Meta(gt=0.0, le=MAX_CT_VAL)] | Literal[""], msgspec.field(default=0.0, name="ctVal")),
+        HIDDEN_FIELDS[1],
         ("stamp", Annotated[datetime, Meta(tz=True)], msgspec.field(name=NAMES.ts)),
-        ("ct_text", str, msgspec.field(default="", name="ctVal")),
         ("ct_type", str, msgspec.field(default="", name="ctType")),
         ("exchange", Literal["okx"], "okx"),
         ("okx_trade_id", UnsetType, msgspec.field(default=UNSET, name="tradeId")),
@@ -185,6 +187,9 @@ def fast_struct(inst_id: str) -> type[Trade]:
     struct: type[Trade] = msgspec.defstruct(  # type: ignore[assignment]
         "_ExporterLine", fields, bases=(Trade,), gc=False, kw_only=True
     )
+    # vstream.kernel.exporter_ready reads these by position
+    if struct.__struct_fields__[7:11] != ("ct_val", "ct_inverse", "stamp", "ct_type"):
+        raise AssertionError(f"exporter Struct laid out as {struct.__struct_fields__}")
     STRUCT_TYPES.add(struct)
     return struct
 
