@@ -166,3 +166,79 @@ def test_the_same_trades_as_okx_lines_and_as_exporter_lines_give_the_same_bars(t
     else:
         assert out["okx"] == out["exporter"]
     shutil.rmtree(base)
+
+
+@pytest.fixture(scope="module")
+def exporter_vault(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated vault as the trader's exporter leaves it: CRLF lines with bad ones among
+    them, and its instrument files; a space in the vault's name."""
+    from vstream.generate import generate_vault
+
+    vault = tmp_path_factory.mktemp("exporter") / "Rave Quant Vault"
+    generate_vault(vault, instruments=("BTC-USDT-SWAP", "DOGE-USDT-SWAP"), hours=3, seed=11, line_format="exporter")
+    return vault
+
+
+def copy_vault(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_replay_all_on_an_exporter_vault(exporter_vault, tmp_path):
+    # --all runs each instrument in a worker process: the same bars as one at a time
+    together = copy_vault(exporter_vault, tmp_path / "all")
+    apart = copy_vault(exporter_vault, tmp_path / "one")
+    assert main(["-q", "replay", "--all", "--vault", str(together), "--final"]) == 0
+    for inst in ("BTC-USDT-SWAP", "DOGE-USDT-SWAP"):
+        assert main(["-q", "replay", "--instId", inst, "--vault", str(apart), "--final"]) == 0
+        got = VaultPaths.of(together, inst).output().read_bytes()
+        assert got and got == VaultPaths.of(apart, inst).output().read_bytes()
+
+
+async def test_the_embedded_replay_source_reads_exporter_lines(exporter_vault, tmp_path):
+    import asyncio
+
+    from vstream import Engine, ReplaySource
+
+    cli = copy_vault(exporter_vault, tmp_path / "cli")
+    assert await asyncio.to_thread(main, ["-q", "replay", "--instId", "BTC-USDT-SWAP", "--vault", str(cli), "--final"]) == 0
+    lib = copy_vault(exporter_vault, tmp_path / "lib")
+    async with Engine([ReplaySource(lib, "BTC-USDT-SWAP", final=True)], vault=lib) as engine:
+        seen = [bar async for bar in engine.bars()]
+    expected = VaultPaths.of(cli, "BTC-USDT-SWAP").output().read_bytes()
+    assert msgspec.json.Encoder().encode_lines(seen) == expected == VaultPaths.of(lib, "BTC-USDT-SWAP").output().read_bytes()
+    assert engine.stats.instruments["BTC-USDT-SWAP"].rejects == 10  # the generator's bad lines
+
+
+def test_status_and_backlog_on_an_exporter_vault(exporter_vault, tmp_path, run_cli):
+    from vstream.query import vault_status
+
+    vault = copy_vault(exporter_vault, tmp_path / "v")
+    assert main(["-q", "replay", "--all", "--vault", str(vault)]) == 0
+    rows = {s.instId: s for s in vault_status(vault, now=1_900_000_000, remember=False)}
+    assert rows["BTC-USDT-SWAP"].backlog_bytes == 0 and rows["BTC-USDT-SWAP"].counters["trades"] > 1000
+    # the exporter appends a few lines: that is the backlog until the next run
+    day = sorted(VaultPaths.of(vault, "BTC-USDT-SWAP").raw_dir.iterdir())[-1]
+    extra = (exporter_line(999_999_999_999, "60000.1", "1", "buy", 1_735_779_600_000) + "\r\n").encode()
+    with open(day, "ab") as f:
+        f.write(extra * 3)
+    rows = {s.instId: s for s in vault_status(vault, now=1_900_000_000, remember=False)}
+    assert rows["BTC-USDT-SWAP"].backlog_bytes == 3 * len(extra)
+
+
+def test_a_growing_exporter_file_replayed_every_few_lines_equals_one_final_run(tmp_path):
+    # as a scheduler running replay while the exporter appends, cut at CRLF and mid-line
+    lines = [exporter_line(i, str(100 + i % 7), "3", "buy" if i % 3 else "sell", M0 + i * 7_000) for i in range(1, 200)]
+    data = "".join(line + "\r\n" for line in lines).encode()
+    whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+    for vault in (whole, pieces):
+        VaultPaths.of(vault, "BTC-USDT-SWAP").raw_dir.mkdir(parents=True)
+    (VaultPaths.of(whole, "BTC-USDT-SWAP").raw_dir / "2025-12-14.jsonl").write_bytes(data)
+    assert main(["-q", "replay", "--instId", "BTC-USDT-SWAP", "--vault", str(whole), "--final"]) == 0
+    target = VaultPaths.of(pieces, "BTC-USDT-SWAP").raw_dir / "2025-12-14.jsonl"
+    for cut in (1, 150, data.index(b"\r\n") + 1, 2_000, 7_777, len(data) // 2, len(data) - 1, len(data)):
+        target.write_bytes(data[:cut])
+        assert main(["-q", "replay", "--instId", "BTC-USDT-SWAP", "--vault", str(pieces)]) == 0
+    assert main(["-q", "replay", "--instId", "BTC-USDT-SWAP", "--vault", str(pieces), "--final"]) == 0
+    a, b = VaultPaths.of(whole, "BTC-USDT-SWAP"), VaultPaths.of(pieces, "BTC-USDT-SWAP")
+    assert a.output().read_bytes() == b.output().read_bytes() and a.output().stat().st_size > 0

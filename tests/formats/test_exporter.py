@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vstream.formats import exporter, sniff
 from vstream.formats.common import Trade
@@ -216,3 +218,41 @@ def test_encoded_lines_read_back_to_equal_trades():
     back = LineDecoder(INST).decode_body(data, file="f", first_line=1, now_ms=NOW).trades
     expect = [{**fields(t), "ct_val": t.ct_val or 0.01} for t in trades * 4]
     assert [fields(t) for t in back] == expect
+
+
+# Any mix of valid and broken exporter values: every decoder path must judge them alike.
+_VALUES = {
+    "timestamp_utc": st.sampled_from([STAMP, "2025-12-14T21:34:56Z", "2025-12-14T21:34:56.1234995Z", "2025-12-14T21:34:56.1235Z",
+                                      "2025-12-14 21:34:56.123Z", "2025-12-14t21:34:56.123z", "2025-12-14T21:34:56.123-00:00",
+                                      "2025-12-14T21:34:56.123+01:00", "2025-12-14T21:34:56.123", "2025-02-30T01:00:00Z",
+                                      "2016-01-01T00:00:00Z", "2031-01-01T00:00:00Z", "", 5, None]),
+    "exchange": st.sampled_from(["okx", "OKX", "", None, 1]),
+    "instId": st.sampled_from([INST, "ETH-USDT-SWAP", "", None]),
+    "trade_id": st.sampled_from(["1", "0042", "12a", "", "9" * 33, 5, None]),
+    "side": st.sampled_from(["buy", "sell", "hold", None]),
+    "price": st.sampled_from(["101250.5", "1e2", "0", "-1", "nan", "1,5", " 5", "", 7, None]),
+    "qty_contracts": st.sampled_from(["45", "38.0", "0.5", "0", "-2", "inf", "x", "", 3, None]),
+    "ctVal": st.sampled_from(["0.01", "10", "1e-3", "0", "-1", "", "abc", "1e13", 100, None]),
+    "ctType": st.sampled_from(["linear", "inverse", "", "quanto", None]),
+    "count": st.sampled_from(["3", 2, "0", "x", None, None, None]),
+    "extra": st.sampled_from([None, None, "hello", {"nested": [1, 2]}]),
+}
+
+
+@st.composite
+def exporter_objects(draw: st.DrawFn) -> str:
+    obj = json.loads(line())
+    for key, values in _VALUES.items():
+        if draw(st.booleans()):
+            value = draw(values)
+            if value is None:
+                obj.pop(key, None)
+            else:
+                obj[key] = value
+    return json.dumps(obj)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(exporter_objects(), min_size=1, max_size=4))
+def test_every_decoder_path_judges_exporter_lines_alike(lines):
+    agree(*lines)
