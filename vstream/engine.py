@@ -31,6 +31,7 @@ from .sinks import Sink, SinkLike, as_sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
 from .state import FilePos, InstrumentStore, State
+from .takeover import TakeOver
 
 log = logging.getLogger("vstream")
 
@@ -706,6 +707,11 @@ class Engine:
     def assembler(self, inst_id: str) -> BarAssembler:
         """The live assembler of one instrument (after :meth:`open`)."""
         return self._pipes[inst_id].assembler
+
+    def took_over(self, inst_id: str) -> TakeOver | None:
+        """Where opening moved ``volume_analyzer.py``'s files of one instrument, if it did."""
+        store = self._pipes[inst_id].store
+        return store.took_over if store is not None else None
 
     async def bars(self, partial: bool = False) -> AsyncIterator[Bar]:
         """Iterate over bars as they are finished, running the engine if nobody else does.

@@ -19,8 +19,10 @@ from typing import Any, NoReturn, TypeVar
 
 from ..assembler import Counters
 from ..errors import ConfigError, VStreamError
+from ..instruments import VaultPaths
 from ..query import parse_time
 from ..settings import TIMEFRAMES, Settings, load_config, make_settings
+from ..takeover import TakeOver
 
 T = TypeVar("T")
 
@@ -214,6 +216,15 @@ def summary_line(inst_id: str, before: Counters, after: Counters, seconds: float
     rate = diff["trades"] / seconds if seconds > 0 else 0.0
     fields = " ".join(f"{k}={v}" for k, v in diff.items())
     return f"{inst_id} {fields} seconds={seconds:.2f} trades/s={rate:.0f}"
+
+
+def takeover_notice(paths: VaultPaths, took: TakeOver) -> str:
+    """The one line of a run that took the instrument over from ``volume_analyzer.py``."""
+    moved = " and ".join(str(p) for p in took.paths(paths))
+    return (
+        f"{paths.inst_id}: took over from volume_analyzer.py: its files were moved aside, unchanged, "
+        f"to {moved}; rebuilding {paths.inst_id} from the first raw byte"
+    )
 
 
 def checkpoint_interval() -> float:
