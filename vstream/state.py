@@ -55,6 +55,32 @@ class FilePos(msgspec.Struct):
     complete: bool = False
 
 
+class RunTally(msgspec.Struct, kw_only=True):
+    """How many input lines a run read and rejected ("nothing silent", SPEC §7).
+
+    ``lines`` counts the lines that held something (blank ones do not count), ``rejected``
+    those of them with at least one rejected record (a websocket envelope holding a bad trade
+    beside good ones is one of them), ``kept`` the records that were not rejected (trades —
+    each of an envelope — and skipped messages). ``first_error`` is the first reject of the
+    run as ``{file} line {n}: {error}``.
+    """
+
+    lines: _Size = 0
+    rejected: _Size = 0
+    kept: _Size = 0
+    first_error: str = ""
+
+    @property
+    def all_rejected(self) -> bool:
+        """At least one line was read, and nothing of what was read was kept."""
+        return self.rejected > 0 and self.kept == 0
+
+    @property
+    def most_rejected(self) -> bool:
+        """More than half of the lines were rejected."""
+        return self.rejected > 0 and 2 * self.rejected > self.lines
+
+
 class State(msgspec.Struct, kw_only=True):
     """The content of ``{INSTID}.state.json``."""
 
@@ -72,6 +98,9 @@ class State(msgspec.Struct, kw_only=True):
     rejects_length: _Size = 0
     assembler: AssemblerState = msgspec.field(default_factory=AssemblerState)
     updated_at: str = ""
+    #: What the last run that read any line read and rejected (``status`` reports a run that
+    #: rejected most of its lines).
+    last_run: RunTally | None = None
     #: Where ``volume_analyzer.py``'s files went when vstream took the instrument over from it.
     took_over: TakeOver | None = None
 

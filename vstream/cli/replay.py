@@ -29,6 +29,7 @@ from .common import (
     checkpoint_interval,
     describe,
     print_out,
+    rejects_verdict,
     report,
     run_async,
     settings_of,
@@ -74,7 +75,8 @@ async def replay_one(
 
     ``given`` names the settings the user chose; the instrument's state supplies the others
     (``None``: all of ``settings`` is chosen). Lines for stderr go to ``notices``: a takeover
-    from volume_analyzer.py."""
+    from volume_analyzer.py, a run that rejected most of its lines (one that rejected all of
+    them raises :class:`~vstream.errors.InputRejectedError`)."""
     source: Any = ReplaySource(vault, inst_id, final=final, strict=strict)
     if progress is not None and progress.enabled:
         source = ProgressSource(source, progress)
@@ -96,6 +98,10 @@ async def replay_one(
         before = msgspec.structs.replace(engine.assembler(inst_id).counters)
         await engine.run()
         after = engine.assembler(inst_id).counters
+        tally = engine.run_tally(inst_id)
+    verdict = rejects_verdict(paths, tally)  # after the engine closed: the rejects are durable
+    if verdict is not None:
+        notices.append(verdict)
     return summary_line(inst_id, before, after, time.perf_counter() - started)
 
 
