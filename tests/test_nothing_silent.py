@@ -1,6 +1,7 @@
 """Nothing silent (SPEC §7): a run that rejects every line it read (at least one) exits 1 with
 one line — how many lines, the first error, where the rejects file is; a run that rejects most
-of them (more than half) says so in one line on stderr and exits 0.
+of them (more than half) says so in one line on stderr and exits 0; ``status`` shows either as
+a problem (exit 1), until a run reads lines it can use.
 
 The bad lines are bad by any reading: ``sz`` of ``"0"`` and text that is not JSON.
 """
@@ -107,3 +108,34 @@ def test_with_all_one_instrument_failing_does_not_hide_the_other(vault, raw_dir,
     assert status == 1
     assert out.startswith(f"{ETH} trades=2 ") and out.count("\n") == 1
     assert err.count("\n") == 1 and f"{BTC}: all 2 lines read were rejected" in err
+
+
+def test_status_shows_such_an_instrument_as_a_problem_until_a_good_run(vault, raw_dir, run_cli):
+    day = raw_dir(BTC) / DAY
+    write_lines(day, [zero_size(1), "garbage"])
+    assert replay(run_cli, vault)[0] == 1
+    status, out, _ = run_cli("status", "--vault", str(vault), "--no-remember")
+    assert status == 1
+    assert f"{BTC}: PROBLEM: the last run rejected all 2 lines it read (first: {DAY} line 1: sz must be > 0" in out
+    with day.open("a") as handle:  # most, not all, of the next run's lines
+        handle.write("\n".join([good(3), zero_size(4), zero_size(5)]) + "\n")
+    assert replay(run_cli, vault)[0] == 0
+    status, out, _ = run_cli("status", "--vault", str(vault), "--no-remember", "--json")
+    report = json.loads(out)
+    assert status == 1 and report["ok"] is False
+    assert any("rejected 2 of the 3 lines it read" in p for p in report["problems"])
+    with day.open("a") as handle:
+        handle.write(good(6) + "\n")
+    assert replay(run_cli, vault)[0] == 0
+    status, out, _ = run_cli("status", "--vault", str(vault), "--no-remember")
+    assert status == 0 and "PROBLEM" not in out
+    last = read_state(VaultPaths.of(vault, BTC).state).last_run
+    assert last is not None and (last.lines, last.rejected, last.kept) == (1, 0, 1)
+
+
+def test_a_run_reading_nothing_keeps_the_last_verdict(vault, raw_dir, run_cli):
+    write_lines(raw_dir(BTC) / DAY, [zero_size(1)])
+    assert replay(run_cli, vault)[0] == 1
+    assert replay(run_cli, vault)[0] == 0  # read nothing: no new verdict, the old one stands
+    status, out, _ = run_cli("status", "--vault", str(vault), "--no-remember")
+    assert status == 1 and "rejected the 1 line it read" in out

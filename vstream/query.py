@@ -448,6 +448,15 @@ def instrument_status(
         status.rejects_new = max(0, rejects - previous_rejects)
         if status.rejects_new:
             status.problems.append(f"{status.rejects_new} new rejected lines since the last status (see {paths.rejects})")
+    last = state.last_run
+    if last is not None and last.most_rejected:
+        if not last.all_rejected:
+            share = f"{last.rejected} of the {last.lines} lines"
+        else:
+            share = "the 1 line" if last.lines == 1 else f"all {last.lines} lines"
+        status.problems.append(
+            f"the last run rejected {share} it read (first: {last.first_error}; see {paths.rejects})"
+        )
     if state.took_over is not None:
         moved = " and ".join(str(p) for p in state.took_over.paths(paths))
         status.notes.append(f"taken over from volume_analyzer.py at {state.took_over.at}; its files: {moved}")
