@@ -453,6 +453,32 @@ def test_a_later_rebuild_keeps_the_record(tmp_path, run_cli):
     assert read_state(VaultPaths.of(root, BTC).state).took_over == record
 
 
+# -- the guide's comparison script ----------------------------------------------------------------
+
+
+def test_the_guides_comparison_script_runs_over_a_taken_over_vault(tmp_path, run_cli):
+    guide = (REPO / "docs" / "coming-from-volume-analyzer.md").read_text()
+    script = tmp_path / "compare.py"
+    script.write_text(guide.split("```python\n", 1)[1].split("```", 1)[0])
+    root = make_vault(tmp_path / "v")
+    assert replay(run_cli, root, "--final")[0] == 0
+
+    def compare(when: str) -> list[str]:
+        done = subprocess.run([sys.executable, str(script), str(root), BTC, when], capture_output=True, text=True, check=True)
+        return done.stdout.splitlines()
+
+    minute = compare("2025-12-14T21:34")
+    assert minute[0].split() == ["2025-12-14T21:34:00Z", "old", "old,", "as", "vstream", "writes", "it", "vstream"]
+    rows = {line.split()[0]: line.split()[1:] for line in minute[1:]}
+    new = json.loads(VaultPaths.of(root, BTC).output().read_text().splitlines()[1])
+    assert rows["delta"] == ["-909.00", "-909", new["delta"]]  # old, old as vstream writes it, vstream
+    assert rows["price_change_pct"] == ["3", "+3.00", new["price_change_pct"]]
+    assert rows["fill_count"] == ["-", "-", str(new["fill_count"])]
+    day = compare("2025-12-14")
+    assert day[0] == "2 old bars, 10 vstream bars, 2 minutes in both"
+    assert any(line.startswith("volume_tier ") and "differs in" in line for line in day)
+
+
 # -- kill -9 ---------------------------------------------------------------------------------------
 
 
