@@ -538,3 +538,27 @@ def _replay_process(vault: Path, *extra: str, interval: str = "0.02") -> subproc
         [sys.executable, "-m", "vstream", "-q", "replay", "--all", "--vault", str(vault), *extra],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def test_the_takeover_on_the_traders_own_vault_format(tmp_path: Path, run_cli: Any) -> None:
+    # the vault as it really is: exporter lines (CRLF) and the exporter's instrument files,
+    # with the old analyzer's state and bars at vstream's paths
+    from vstream.generate import generate_vault
+
+    vault = tmp_path / "Rave Quant Vault"
+    generate_vault(vault, instruments=(BTC,), hours=2, seed=9, line_format="exporter")
+    clean = tmp_path / "clean"
+    shutil.copytree(vault, clean)
+    paths = VaultPaths.of(vault, BTC)
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.state.write_bytes(old_state())
+    paths.derived_dir.mkdir(parents=True, exist_ok=True)
+    paths.output().write_bytes(old_output(newline="\r\n"))
+    status, out, err = run_cli("replay", "--instId", BTC, "--vault", str(vault))
+    assert status == 0, err
+    assert err.count("\n") == 1 and "volume_analyzer" in err, err
+    assert run_cli("replay", "--instId", BTC, "--vault", str(vault), "--final")[0] == 0
+    assert run_cli("replay", "--instId", BTC, "--vault", str(clean), "--final")[0] == 0
+    assert paths.output().read_bytes() == VaultPaths.of(clean, BTC).output().read_bytes()
+    moved = sorted(p.name for p in paths.derived_dir.iterdir() if "volume_analyzer" in p.name)
+    assert len(moved) == 1 and (paths.derived_dir / moved[0]).read_bytes() == old_output(newline="\r\n")
