@@ -18,7 +18,7 @@ import msgspec
 
 from ..engine import Engine
 from ..errors import ConfigError
-from ..instruments import discover, kind_of
+from ..instruments import VaultPaths, discover, kind_of
 from ..progress import Progress, ProgressSource
 from ..settings import Settings
 from ..sources.replay import ReplaySource
@@ -29,10 +29,12 @@ from .common import (
     checkpoint_interval,
     describe,
     print_out,
+    rejects_verdict,
     report,
     run_async,
     settings_of,
     summary_line,
+    takeover_notice,
     vault_of,
 )
 
@@ -67,11 +69,14 @@ async def replay_one(
     strict: bool,
     progress: Progress | None = None,
     given: frozenset[str] | None = None,
+    notices: list[str] | None = None,
 ) -> str:
     """Catch one instrument up; return its summary line (``progress`` shows how far it got).
 
     ``given`` names the settings the user chose; the instrument's state supplies the others
-    (``None``: all of ``settings`` is chosen)."""
+    (``None``: all of ``settings`` is chosen). Lines for stderr go to ``notices``: a takeover
+    from volume_analyzer.py, a run that rejected most of its lines (one that rejected all of
+    them raises :class:`~vstream.errors.InputRejectedError`)."""
     source: Any = ReplaySource(vault, inst_id, final=final, strict=strict)
     if progress is not None and progress.enabled:
         source = ProgressSource(source, progress)
@@ -84,10 +89,19 @@ async def replay_one(
         given=given,
         checkpoint_interval=checkpoint_interval(),
     )
+    paths = VaultPaths.of(vault, inst_id)
+    notices = [] if notices is None else notices
     async with engine:
+        took = engine.took_over(inst_id)
+        if took is not None:
+            notices.append(takeover_notice(paths, took))
         before = msgspec.structs.replace(engine.assembler(inst_id).counters)
         await engine.run()
         after = engine.assembler(inst_id).counters
+        tally = engine.run_tally(inst_id)
+    verdict = rejects_verdict(paths, tally)  # after the engine closed: the rejects are durable
+    if verdict is not None:
+        notices.append(verdict)
     return summary_line(inst_id, before, after, time.perf_counter() - started)
 
 
@@ -105,11 +119,12 @@ async def _replay(args: argparse.Namespace) -> int:
     if workers > 1:
         return await _replay_parallel(args, vault, settings, given, inst_ids, workers)
     progress = Progress(f"replay {len(inst_ids)} instrument(s)", enabled=False if args.quiet else None)
+    notices: dict[str, list[str]] = {i: [] for i in inst_ids}
     results = await asyncio.gather(
         *(
             replay_one(
                 vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict,
-                progress=progress, given=given,
+                progress=progress, given=given, notices=notices[i],
             )
             for i in inst_ids
         ),
@@ -118,6 +133,7 @@ async def _replay(args: argparse.Namespace) -> int:
     progress.close()
     status = 0
     for inst_id, result in zip(inst_ids, results, strict=True):
+        _notify(notices[inst_id], args.quiet)
         if isinstance(result, BaseException):
             status = max(status, report(result, inst_id))
         else:
@@ -176,6 +192,8 @@ async def _replay_parallel(
         progress.close()
     status = 0
     for inst_id, result in zip(inst_ids, results, strict=True):
+        if not isinstance(result, BaseException):
+            _notify(result[2], args.quiet)
         if isinstance(result, BaseException):
             status = max(status, report(result, inst_id))
         elif result[1]:
@@ -184,6 +202,13 @@ async def _replay_parallel(
         else:
             print_out(result[0])
     return status
+
+
+def _notify(notices: list[str], quiet: bool) -> None:
+    """What a run must say besides its summary: one line each on stderr (not with ``-q``)."""
+    if not quiet:
+        for text in notices:
+            print(f"vstream: {text}", file=sys.stderr, flush=True)
 
 
 class _RelayProgress(Progress):
@@ -281,20 +306,22 @@ def _replay_worker(
     final: bool,
     rebuild: bool,
     strict: bool,
-) -> tuple[str, int]:
-    """Worker-process entry of ``replay``: (summary line, 0) or (error message, exit code)."""
+) -> tuple[str, int, list[str]]:
+    """Worker-process entry of ``replay``: (summary line, 0, notices) or (error message, exit
+    code, notices); the parent prints them."""
     logging.basicConfig(level=logging.WARNING, format="vstream: %(message)s", stream=sys.stderr)
+    notices: list[str] = []
     try:
         relay = _RelayProgress(_progress_queue) if _progress_queue is not None else None
         line = run_async(
             lambda: _until_sigterm(
                 lambda: replay_one(
                     Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
-                    progress=relay, given=given,
+                    progress=relay, given=given, notices=notices,
                 )
             )
         )
     except BaseException as exc:  # reported by the parent, like an in-process failure
         message, code = describe(exc, inst_id)
-        return message, code
-    return line, 0
+        return message, code, notices
+    return line, 0, notices
