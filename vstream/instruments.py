@@ -284,6 +284,12 @@ class VaultPaths:
     def lock(self) -> Path:
         return self.state_dir / f"{self.inst_id}.lock"
 
+    @property
+    def late_marks(self) -> Path:
+        """The exporter-format recording's list of trades live found late only by the wall
+        clock (see :mod:`vstream.sources.late_marks`): vstream's own, so under ``state``."""
+        return self.state_dir / f"{self.inst_id}.late.jsonl"
+
 
 def discover(vault: Path | str) -> list[str]:
     """Instrument ids with at least one trade file in the vault, sorted.
