@@ -357,8 +357,39 @@ async def test_record_format_okx_writes_okx_objects_into_an_exporter_vault(tmp_p
                 await task
     added = [json.loads(x) for x in raw_lines(vault)[5:]]
     assert [(r["tradeId"], r["count"]) for r in added] == [("8", "3"), ("11", "3")]
+    # The instrument file is written whatever the line format.
+    assert json.loads(meta_path(vault, BTC).read_text())["normalized"] == BTC_META
 
 
-async def test_record_format_without_record_is_a_usage_error(tmp_path: Path) -> None:
-    code = await cli("live", "--instId", BTC, "--vault", str(tmp_path), "--record-format", "exporter")
+async def test_without_an_instrument_row_the_recording_goes_on_without_the_file(tmp_path: Path) -> None:
+    """Neither the instrument cache nor OKX has the row: no instrument file is made up; the
+    exporter lines get the resolved contract value (the built-in table's)."""
+    vault = tmp_path / "Vault"
+    t0 = now_ms()
+    seed(vault, fills(1, 5, ts=t0 - 5000))
+    async with FakeOkxServer(instruments={}, error_for_unknown=False) as srv:
+        source = OkxSource(
+            [BTC], ws_url=srv.ws_url, rest_url=srv.rest_url, record_vault=vault,
+            backoff=Backoff(0.01, 0.05),
+        )
+        async with Engine([source], settings=Settings(), vault=vault, checkpoint_interval=0.0) as engine:
+            task = asyncio.create_task(engine.run())
+            await srv.wait_subscribed(BTC)
+            await srv.push(fills(6, 3, ts=t0))
+            await until(lambda: engine.assembler(BTC).counters.trades >= 8)
+            source.stop()
+            async with asyncio.timeout(10):
+                await task
+    assert not meta_path(vault, BTC).exists()
+    lines = raw_lines(vault)
+    assert assert_exporter_lines(lines, b"\r\n") == 8
+    assert {json.loads(x)["ctVal"] for x in lines[5:]} == {"0.01"}
+
+
+def test_record_format_without_record_is_a_usage_error(
+    tmp_path: Path, run_cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, _, err = run_cli("live", "--instId", BTC, "--vault", str(tmp_path), "--record-format", "exporter")
     assert code == 2
+    assert "--record-format" in err and "give --record too" in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,8 +1,8 @@
 """``vstream live --record``: append delivered trades to the vault's raw files.
 
 Every delivered trade is appended, as the line the protocol made of it (the flat OKX object it
-arrived as, or a wrapped late one), to ``raw/okx/trades_*/{INSTID}/{DATE}.jsonl`` and flushed
-*before* the batch carrying it is yielded; :meth:`Recorder.sync` (the engine calls the source's
+arrived as, a wrapped late one, or an exporter line), to
+``raw/okx/trades_*/{INSTID}/{DATE}.jsonl`` and flushed *before* the batch carrying it is yielded; :meth:`Recorder.sync` (the engine calls the source's
 ``sync`` before it commits the state) fsyncs it. The position is the replay source's
 (``{day: FilePos}``), so ``replay`` continues where live stopped and the other way round.
 
