@@ -1,4 +1,4 @@
-"""``vstream levels``: poor highs and lows, touched or not (docs/levels.md).
+"""``vstream levels`` and ``signals --poor-high/--poor-low [--untouched]`` (docs/levels.md).
 
 Bar files are written here line by line (a poor flag is whatever the line says), so each case
 is a small table that can be checked by hand: which poor highs and lows there are, which later
@@ -321,3 +321,51 @@ def test_untouched_levels_are_those_of_a_brute_force_scan(tmp_path_factory: pyte
     assert all(f["touched"] is (f["touched_at"] is not None) for f in got)
     # the library gives the same
     assert len(find_levels(VaultPaths.of(vault, BTC), untouched=True, now=None if now is None else 1_735_689_600 + 60 * now)) == len(expected)
+
+
+# -- signals ------------------------------------------------------------------------------------
+
+
+def signal_stamps(run_cli: RunCli, vault: Path, *flags: str) -> list[str]:
+    status, out, err = run_cli("signals", "--instId", BTC, "--vault", str(vault), "--json", *flags)
+    assert status == 0, err
+    return [json.loads(line)["timestamp_utc"][11:16] for line in out.splitlines()]
+
+
+def test_signals_find_poor_highs_and_lows_touched_or_not(hand: Path, run_cli: RunCli) -> None:
+    assert signal_stamps(run_cli, hand, "--poor-high") == ["00:00", "00:02", "00:04"]
+    assert signal_stamps(run_cli, hand, "--poor-low") == ["00:01", "00:04"]
+    assert signal_stamps(run_cli, hand, "--poor-high", "--poor-low") == ["00:00", "00:01", "00:02", "00:04"]
+    assert signal_stamps(run_cli, hand, "--poor-high", "--untouched") == ["00:04"]
+    assert signal_stamps(run_cli, hand, "--poor-low", "--untouched") == []
+    # untouched in the whole file: bars past --until still trade through
+    assert signal_stamps(run_cli, hand, "--poor-high", "--untouched", "--until", "2025-01-01T00:03Z") == []
+    assert signal_stamps(run_cli, hand, "--poor-high", "--untouched", "--since", "2025-01-01T00:02Z") == ["00:04"]
+    # alternatives with the other signals; a tier filter still applies
+    assert signal_stamps(run_cli, hand, "--poor-low", "--untouched", "--whale") == []
+    assert signal_stamps(run_cli, hand, "--poor-high", "--tier", "T4") == []
+    status, out, err = run_cli("signals", "--instId", BTC, "--vault", str(hand), "--poor-high", "--poor-low")
+    assert status == 0, err
+    rows = out.splitlines()
+    assert rows[1].endswith("poor-high") and rows[2].endswith("poor-low") and rows[4].endswith("poor-high poor-low")
+    status, _, err = run_cli("signals", "--instId", BTC, "--vault", str(hand), "--untouched")
+    assert_usage_error(status, err, "--untouched needs --poor-high or --poor-low")
+
+
+def test_signals_untouched_is_the_levels_command_untouched(tmp_path: Path, run_cli: RunCli) -> None:
+    from vstream.generate import generate_vault
+
+    generate_vault(tmp_path, instruments=(BTC,), hours=2, seed=8)
+    assert run_cli("-q", "replay", "--all", "--vault", str(tmp_path), "--final", "--footprint", "10")[0] == 0
+    levels = levels_json(run_cli, tmp_path, "--untouched")
+    assert len(levels) >= 3
+    for kind, flag in ((POOR_HIGH, "--poor-high"), (POOR_LOW, "--poor-low")):
+        wanted = [f["timestamp_utc"][11:16] for f in levels if f["kind"] == kind]
+        assert signal_stamps(run_cli, tmp_path, flag, "--untouched") == wanted
+    # and the replayed file's flags, scanned by hand, give the same levels
+    path = VaultPaths.of(tmp_path, BTC).output()
+    rows = [(b["high"], b["low"], b["close"], b["poor_high"], b["poor_low"]) for b in map(json.loads, path.read_text().splitlines())]
+    stamps = [json.loads(line)["timestamp_utc"] for line in path.read_text().splitlines()]
+    assert [(f["timestamp_utc"], f["kind"], f["price"]) for f in levels] == [
+        (stamps[i], kind, price) for i, kind, price, touch in brute_force(rows) if touch is None
+    ]
