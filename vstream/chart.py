@@ -4,8 +4,9 @@ The picture is a self-contained SVG written here (no library, no CDN, no script)
 as candles (or a close line when there are too many bars for candles to be readable), volume
 below coloured by tier with each bar's whale volume shaded dark inside it, and markers for
 absorption (gold diamond above the bar), bearish divergence (red triangle down, above),
-bullish divergence (green triangle up, below) and whale trades (black dot above the volume
-bar, larger with more whale trades). Hovering a bar in a browser shows its numbers.
+bullish divergence (green triangle up, below), whale trades (black dot above the volume
+bar, larger with more whale trades) and, on footprint bars, poor highs and lows (a purple dash
+across the wick's tip). Hovering a bar in a browser shows its numbers.
 
 ``.svg`` and ``.html`` (the SVG in a minimal page) need nothing else; ``.png`` needs the
 optional ``cairosvg`` package (``pip install 'vstream[chart]'``).
@@ -52,6 +53,8 @@ MARKER_COLORS = {
     "bearish": "#c62828",
     "bullish": "#2e7d32",
     "whale": "#1a237e",
+    "poor_high": "#8e24aa",
+    "poor_low": "#8e24aa",
 }
 
 
@@ -197,6 +200,11 @@ def render(
         "whale_bars": sum(b.whale_count > 0 for b in bars),
         "whale_trades": sum(b.whale_count for b in bars),
     }
+    # Poor highs/lows only where the bars can have them (footprint bars): without a
+    # footprint the summary and legend stay as they were.
+    if any(isinstance(b.poor_high, bool) for b in bars):
+        counts["poor_high"] = sum(b.poor_high is True for b in bars)
+        counts["poor_low"] = sum(b.poor_low is True for b in bars)
     legend_x = left
     legend_y = 50.0
     for label, color in (("T1", TIER_COLORS["T1"]), ("T2", TIER_COLORS["T2"]), ("T3", TIER_COLORS["T3"]),
@@ -208,7 +216,11 @@ def render(
     for kind, label, count in (("absorption", "absorption", "absorption"),
                                ("bearish", "bearish divergence", "bearish"),
                                ("bullish", "bullish divergence", "bullish"),
-                               ("whale", "whale trades", "whale_trades")):  # fmt: skip
+                               ("whale", "whale trades", "whale_trades"),
+                               ("poor_high", "poor high", "poor_high"),
+                               ("poor_low", "poor low", "poor_low")):  # fmt: skip
+        if count not in counts:
+            continue
         out.append(_symbol(kind, legend_x + 6, legend_y - 4, 6.0))
         text = f"{label} ({counts[count]})"
         out.append(f'<text x="{_fmt(legend_x + 16)}" y="{legend_y}" font-size="12" fill="{TEXT}">{text}</text>')
@@ -312,8 +324,12 @@ def render(
             radius = _whale_radius(bar.whale_count, size)
             y = max(vol_top + radius + 1, y_vol(volume) - radius - 3)
             chart.markers.append(Marker("whale", bar.timestamp_utc, x, y, MARKER_COLORS["whale"]))
+        if bar.poor_high is True:
+            chart.markers.append(Marker("poor_high", bar.timestamp_utc, x, y_price(h), MARKER_COLORS["poor_high"]))
+        if bar.poor_low is True:
+            chart.markers.append(Marker("poor_low", bar.timestamp_utc, x, y_price(low), MARKER_COLORS["poor_low"]))
     for m in chart.markers:
-        radius = size
+        radius = max(size, body_w / 2 + 2) if m.kind in ("poor_high", "poor_low") else size
         if m.kind == "whale":
             bar = next(b for b in bars if b.timestamp_utc == m.timestamp_utc)
             radius = _whale_radius(bar.whale_count, size)
@@ -329,6 +345,8 @@ def render(
             f" (${bar.whale_volume})"
             + ("\nabsorption" if bar.absorption else "")
             + (f"\n{bar.divergence_type} divergence" if bar.divergence else "")
+            + ("\npoor high" if bar.poor_high is True else "")
+            + ("\npoor low" if bar.poor_low is True else "")
         )
         out.append(
             f'<rect x="{_fmt(x - slot_w / 2)}" y="{price_top}" width="{_fmt(slot_w)}" height="{_fmt(plot_h)}" '
@@ -355,6 +373,9 @@ def _symbol(kind: str, x: float, y: float, r: float) -> str:
     if kind == "bullish":
         pts = f"{_fmt(x - r)},{_fmt(y + r * 0.8)} {_fmt(x + r)},{_fmt(y + r * 0.8)} {_fmt(x)},{_fmt(y - r)}"
         return f'<polygon points="{pts}" fill="{color}"/>'
+    if kind in ("poor_high", "poor_low"):
+        # A dash across the wick's tip: the extreme that did not finish its auction.
+        return f'<rect x="{_fmt(x - r)}" y="{_fmt(y - 1.5)}" width="{_fmt(2 * r)}" height="3" fill="{color}"/>'
     return f'<circle cx="{_fmt(x)}" cy="{_fmt(y)}" r="{_fmt(r)}" fill="{color}"/>'
 
 
