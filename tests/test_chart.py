@@ -229,9 +229,13 @@ def test_poor_highs_and_lows_are_marked_only_on_bars_that_have_them() -> None:
     assert poor == [("00:15", "poor_high"), ("00:33", "poor_low"), ("00:40", "poor_high"), ("00:40", "poor_low")]
     assert (chart.counts["poor_high"], chart.counts["poor_low"]) == (2, 2)
     assert chart.summary().endswith("poor_high=2 poor_low=2")
-    assert ">poor high (2)</text>" in chart.svg and ">poor low (2)</text>" in chart.svg
+    assert ">poor high (2) / low (2), untouched</text>" in chart.svg
     both = {m.kind: m for m in chart.markers if m.timestamp_utc == "2025-01-01T00:40:00Z"}
     assert both["poor_high"].y < both["poor_low"].y  # at the high, above the low
+    # 00:15's high 102.0 is reached again at 00:35, 00:33's low 100.6 and 00:40's high 97.3
+    # right after; 00:40's low 96.5 is the lowest low from there on: it alone runs on
+    assert [(m.timestamp_utc[11:16], m.kind) for m in chart.untouched] == [("00:40", "poor_low")]
+    assert chart.untouched[0].y == both["poor_low"].y
     # bars without a footprint: no mark, and the summary and legend are what they were
     plain = render(synthetic())
     assert "poor_high" not in plain.counts and "poor high" not in plain.svg
@@ -255,6 +259,12 @@ def test_poor_marks_are_drawn_across_the_tip_of_their_wick() -> None:
         inward = 4 if marker.kind == "poor_high" else -4
         assert image.getpixel((x, y + inward)) != white, marker
         assert image.getpixel((x + 4, y - inward)) == white, marker
+    # the untouched poor low's dashed line runs on to the right edge of the price panel
+    ray = chart.untouched[0]
+    left, _, width, _ = chart.price_panel
+    for x0 in range(round(ray.x) + 20, round(left + width) - 10, 40):
+        span = [image.getpixel((x, round(ray.y))) for x in range(x0, x0 + 9)]
+        assert any(close_to(p, MARKER_COLORS["poor_low"], 30) for p in span), x0
     # a bar without a poor extreme has no dash anywhere in its column
     plain = round(chart.bar_x["2025-01-01T00:16:00Z"])
     top, height = chart.price_panel[1], chart.price_panel[3]

@@ -6,7 +6,8 @@ below coloured by tier with each bar's whale volume shaded dark inside it, and m
 absorption (gold diamond above the bar), bearish divergence (red triangle down, above),
 bullish divergence (green triangle up, below), whale trades (black dot above the volume
 bar, larger with more whale trades) and, on footprint bars, poor highs and lows (a purple dash
-across the wick's tip). Hovering a bar in a browser shows its numbers.
+across the wick's tip, and a dashed line on to the right edge while no later bar of the chart
+has traded through it). Hovering a bar in a browser shows its numbers.
 
 ``.svg`` and ``.html`` (the SVG in a minimal page) need nothing else; ``.png`` needs the
 optional ``cairosvg`` package (``pip install 'vstream[chart]'``).
@@ -81,6 +82,9 @@ class Chart:
     price_panel: tuple[float, float, float, float] = (0, 0, 0, 0)
     volume_panel: tuple[float, float, float, float] = (0, 0, 0, 0)
     bar_x: dict[str, float] = field(default_factory=dict)
+    #: The poor highs/lows no later bar of the chart has traded through: where their dashed
+    #: line starts (it runs to the price panel's right edge).
+    untouched: list[Marker] = field(default_factory=list)
     #: What the chart shows, each number under one name (the legend's labels say the same).
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -216,15 +220,19 @@ def render(
     for kind, label, count in (("absorption", "absorption", "absorption"),
                                ("bearish", "bearish divergence", "bearish"),
                                ("bullish", "bullish divergence", "bullish"),
-                               ("whale", "whale trades", "whale_trades"),
-                               ("poor_high", "poor high", "poor_high"),
-                               ("poor_low", "poor low", "poor_low")):  # fmt: skip
-        if count not in counts:
-            continue
+                               ("whale", "whale trades", "whale_trades")):  # fmt: skip
         out.append(_symbol(kind, legend_x + 6, legend_y - 4, 6.0))
         text = f"{label} ({counts[count]})"
         out.append(f'<text x="{_fmt(legend_x + 16)}" y="{legend_y}" font-size="12" fill="{TEXT}">{text}</text>')
         legend_x += 30 + 6.8 * len(text)
+    if "poor_high" in counts:
+        # On the title's line, right-aligned: the legend's line is full.
+        text = f"poor high ({counts['poor_high']}) / low ({counts['poor_low']}), untouched"
+        end = left + plot_w
+        start = end - 6.8 * len(text) - 50
+        out.append(_symbol("poor_high", start + 6, 22, 6.0))
+        out.append(f'<text x="{_fmt(start + 16)}" y="26" font-size="12" fill="{TEXT}">{text}</text>')
+        out.append(_ray(end - 28, 22, end))
 
     # Grids and axes.
     pstep = _nice_step(hi - lo, 6)
@@ -305,6 +313,18 @@ def render(
                 f'fill="{WHALE_SHADE}" fill-opacity="0.75"/>'
             )
 
+    # Poor highs/lows no later bar of the chart reached: a dashed line on to the right edge.
+    later_high, later_low = -math.inf, math.inf
+    for bar, minute, h, low in reversed(list(zip(bars, minutes, highs, lows, strict=True))):
+        if bar.poor_high is True and h > later_high:
+            chart.untouched.append(Marker("poor_high", bar.timestamp_utc, x_of(minute), y_price(h), MARKER_COLORS["poor_high"]))
+        if bar.poor_low is True and low < later_low:
+            chart.untouched.append(Marker("poor_low", bar.timestamp_utc, x_of(minute), y_price(low), MARKER_COLORS["poor_low"]))
+        later_high, later_low = max(later_high, h), min(later_low, low)
+    chart.untouched.reverse()
+    for m in chart.untouched:
+        out.append(_ray(m.x, m.y, left + plot_w))
+
     # Signal markers: drawn last so nothing covers them.
     size = max(4.5, min(8.0, slot_w * 0.9))
     for bar, minute, h, low, volume in zip(bars, minutes, highs, lows, volumes, strict=True):
@@ -329,7 +349,7 @@ def render(
         if bar.poor_low is True:
             chart.markers.append(Marker("poor_low", bar.timestamp_utc, x, y_price(low), MARKER_COLORS["poor_low"]))
     for m in chart.markers:
-        radius = max(size, body_w / 2 + 2) if m.kind in ("poor_high", "poor_low") else size
+        radius = body_w / 2 + 1.5 if m.kind in ("poor_high", "poor_low") else size
         if m.kind == "whale":
             bar = next(b for b in bars if b.timestamp_utc == m.timestamp_utc)
             radius = _whale_radius(bar.whale_count, size)
@@ -377,6 +397,14 @@ def _symbol(kind: str, x: float, y: float, r: float) -> str:
         # A dash across the wick's tip: the extreme that did not finish its auction.
         return f'<rect x="{_fmt(x - r)}" y="{_fmt(y - 1.5)}" width="{_fmt(2 * r)}" height="3" fill="{color}"/>'
     return f'<circle cx="{_fmt(x)}" cy="{_fmt(y)}" r="{_fmt(r)}" fill="{color}"/>'
+
+
+def _ray(x: float, y: float, end: float) -> str:
+    color = MARKER_COLORS["poor_high"]
+    return (
+        f'<line x1="{_fmt(x)}" y1="{_fmt(y)}" x2="{_fmt(end)}" y2="{_fmt(y)}" stroke="{color}" '
+        f'stroke-width="2" stroke-dasharray="5 3"/>'
+    )
 
 
 class Drawing(Protocol):
