@@ -215,6 +215,27 @@ def test_bad_options_are_usage_errors(hand: Path, run_cli: RunCli, flags: list[s
     assert out == ""
 
 
+_values = st.one_of(
+    st.text(max_size=30),
+    st.from_regex(r"\A[-+]?(\d{1,25}(\.\d{0,6})?|nan|inf|1e\d{1,4})\s?[smhdw]?\Z"),
+    st.builds(lambda a, b: f"{a}..{b}", st.from_regex(r"\A\d{0,20}[smhdw]?\Z"), st.from_regex(r"\A\d{0,20}[smhdw]?\Z")),
+    st.builds(lambda y, d: f"{y:04d}-01-{d:02d}T00:00Z", st.integers(0, 10_000), st.integers(0, 32)),
+)
+
+
+@pytest.mark.parametrize("option", ["--age", "--now", "--tick"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_values)
+def test_any_option_value_runs_or_is_a_usage_error(hand: Path, run_cli: RunCli, option: str, value: str) -> None:
+    status, out, err = run_cli("levels", "--instId", BTC, "--vault", str(hand), f"{option}={value}", "--json")
+    assert "Traceback" not in err and "unexpected" not in err, err
+    if status == 2:
+        assert_usage_error(status, err)
+    else:
+        assert status == 0 and err == "", (status, err)
+        assert all(json.loads(line)["kind"] in (POOR_HIGH, POOR_LOW) for line in out.splitlines())
+
+
 def test_bars_without_footprints_or_flags_say_what_is_needed(tmp_path: Path, run_cli: RunCli) -> None:
     plain = [(h, low, c, None, None) for h, low, c, _, _ in HAND]
     write_bars(tmp_path, plain, footprint=False)

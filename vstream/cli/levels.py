@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import sys
 import time
 from typing import Any
@@ -16,7 +15,7 @@ from ..errors import ConfigError, StateError
 from ..instruments import VaultPaths, kind_of
 from ..levels import KINDS, LevelView, find_levels, stamp_seconds
 from ..query import format_duration, format_table, parse_duration, parse_time
-from ..settings import TIMEFRAMES
+from ..settings import TIMEFRAMES, tick_fraction
 from ..state import read_state
 from .common import add_vault_option, vault_of
 
@@ -38,12 +37,14 @@ def age_range(text: str) -> tuple[float, float | None]:
 
 
 def _tick(text: str) -> float:
+    """A price step as a footprint tick is one: finite, > 0, at most 12 decimals."""
     try:
         value = float(text)
+        tick_fraction(value, "--tick")
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a price: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a price > 0, got {text!r}")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--tick: ")) from None
     return value
 
 
