@@ -6,10 +6,10 @@ and sell: an auction that did not finish there, a price the market tends to come
 level with the first later bar that traded through it, if any: a poor high is *touched* by the
 first later bar whose high is at or above it, a poor low by the first whose low is at or below.
 
-Only the durable part of the file is read (as ``vstream signals`` does), decoded a few
-megabytes at a time into a Struct of the six keys used, so a year of 1m bars takes well under a
-second (``python -m bench.levels``). Prices are compared as doubles: exact for the 15
-significant digits every OKX price fits in.
+Only the durable part of the file is read (as ``vstream signals`` does), a megabyte at a time
+decoded into a Struct of the five keys every line is needed for (the decoder skips the
+footprint), so a year of 1m bars takes well under a second (``python -m bench.levels``).
+Prices are compared as doubles: exact for the 15 significant digits every OKX price fits in.
 """
 
 from __future__ import annotations
@@ -41,18 +41,25 @@ CHUNK = 1 << 20
 
 
 class _Row(msgspec.Struct, gc=False):
-    """What the scan reads of a bar line; the footprint itself is skipped by the decoder."""
+    """What the scan reads of every bar line; the decoder skips the rest (the footprint)."""
 
     timestamp_utc: str
     high: str
     low: str
-    close: str
-    poc: str | None = None
     poor_high: bool | None = None
     poor_low: bool | None = None
 
 
+class _Last(msgspec.Struct, gc=False):
+    """What the scan reads of the last bar line besides."""
+
+    timestamp_utc: str
+    close: str
+    poc: str | None = None
+
+
 _rows = msgspec.json.Decoder(_Row)
+_last = msgspec.json.Decoder(_Last)
 
 
 class Level(msgspec.Struct, frozen=True, gc=False):
@@ -77,13 +84,18 @@ class LevelScan:
     inst_id: str
     timeframe: str
     levels: list[Level] = field(default_factory=list)
-    #: Bars read, bars marked with poor flags, and footprint bars without them (written
-    #: before vstream had them: ``replay --rebuild`` adds them).
+    #: Bars read, and how many of them carry poor flags (bars without them have no footprint,
+    #: or were written before vstream marked them: ``replay --rebuild`` adds them).
     bars: int = 0
     marked: int = 0
-    unmarked: int = 0
     last_timestamp: str | None = None
     last_close: str | None = None
+    #: Whether the last bar read has a footprint.
+    last_footprint: bool = False
+
+    @property
+    def unmarked(self) -> int:
+        return self.bars - self.marked
 
     @property
     def last_end(self) -> int | None:
@@ -169,7 +181,7 @@ def scan_levels(
 
     Raises :class:`ConfigError` when the file is missing (``durable_length``).
     """
-    from .query import _seek, durable_length
+    from .query import _last_line, _seek, durable_length
 
     path, limit = durable_length(paths, timeframe)
     scan = LevelScan(paths.inst_id, timeframe)
@@ -193,8 +205,7 @@ def scan_levels(
     low_at: list[int] = []
     inf = float("inf")
     top_high, top_low = inf, -inf
-    bars = marked = unmarked = 0
-    last: _Row | None = None
+    bars = marked = 0
     for rows in _chunks(path, start, limit):
         bars += len(rows)
         for row in rows:
@@ -213,8 +224,6 @@ def scan_levels(
                 top_low = low_px[-1] if low_px else -inf
             poor_high = row.poor_high
             if poor_high is None:
-                if row.poc is not None:
-                    unmarked += 1
                 continue
             marked += 1
             if poor_high:
@@ -233,11 +242,13 @@ def scan_levels(
                 kinds.append(POOR_LOW)
                 prices.append(row.low)
                 touches.append(None)
-        if rows:
-            last = rows[-1]
-    scan.bars, scan.marked, scan.unmarked = bars, marked, unmarked
-    if last is not None:
-        scan.last_timestamp, scan.last_close = last.timestamp_utc, last.close
+    scan.bars, scan.marked = bars, marked
+    line = _last_line(path, limit) if bars else None
+    if line is not None:
+        with contextlib.suppress(msgspec.DecodeError):
+            last = _last.decode(line)
+            scan.last_timestamp, scan.last_close = last.timestamp_utc, last.close
+            scan.last_footprint = last.poc is not None
     if touched:
         scan.levels = list(map(Level, stamps, kinds, prices, touches))
     else:
@@ -251,7 +262,7 @@ def require_marks(scan: LevelScan) -> None:
     if scan.bars == 0 or scan.marked > 0:
         return
     where = f"{scan.inst_id}: the {scan.timeframe} bars"
-    if scan.unmarked:
+    if scan.last_footprint:
         raise ConfigError(
             f"{where} were written before vstream marked poor highs and lows: "
             f"replay --instId {scan.inst_id} --rebuild (the stored footprint is kept) to add them"
@@ -367,7 +378,7 @@ def find_levels(
             path, limit = durable_length(paths, timeframe)
             line = _last_line(path, limit)
             with contextlib.suppress(msgspec.DecodeError, ValueError):
-                moment = stamp_seconds(_rows.decode(line).timestamp_utc) + seconds if line else None
+                moment = stamp_seconds(_last.decode(line).timestamp_utc) + seconds if line else None
         if moment is not None:
             # A bar starting at or after this ends at most max_age before the moment.
             since = minute_stamp(math.ceil((moment - max_age - seconds) / 60) * 60)
