@@ -77,6 +77,7 @@ def test_footprint_of_a_bar_against_a_hand_table():
     assert keys[: len(plain_keys)] == plain_keys
     assert keys[len(plain_keys) :] == [
         "footprint", "poc", "vah", "val", "imbalances", "stacked", "delta_min", "delta_max", "cvd",
+        "poor_high", "poor_low",
     ]  # fmt: skip
 
 

@@ -108,8 +108,10 @@ def place(vault: Path, first: bytes, second: bytes, upto: int, early: bool = Fal
 
 
 #: The order-flow options: footprint levels of 0.5 (prices above are 99.9 .. 101.25), the
-#: running delta's extremes and the day's CVD across the two days.
+#: running delta's extremes and the day's CVD across the two days (and poor highs/lows).
 ORDER_FLOW = ["--footprint", "0.5", "--stacked-levels", "2", "--cvd"]
+#: ... with poor highs/lows that need $20 a side (a 2500-contract trade, or several together).
+ORDER_FLOW_POOR_MIN = [*ORDER_FLOW, "--poor-min-usd", "20"]
 
 
 def replay(vault: Path, *extra: str) -> None:
@@ -137,7 +139,11 @@ def check_runs_cut_anywhere(
     replay(whole, "--final", *flags)
     expected = files_of(whole)
     if flags and expected["volume_1m.jsonl"]:
-        assert all(b'"poc"' in line and b'"cvd"' in line for line in expected["volume_1m.jsonl"].splitlines())
+        for name in ("volume_1m.jsonl", "volume_5m.jsonl"):
+            assert all(
+                b'"poc"' in line and b'"cvd"' in line and b'"poor_high":' in line and b'"poor_low":' in line
+                for line in expected[name].splitlines()
+            )
     for cut in sorted(int(c * total) for c in cuts):
         place(pieces, first, second, cut, early)
         replay(pieces, *flags)
@@ -172,4 +178,4 @@ def test_exporter_files_cut_anywhere_equal_one_final_run(tmp_path_factory, data,
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=inputs(("okx", "exporter")), cuts=st.lists(st.floats(0, 1), max_size=6), early=st.booleans())
 def test_mixed_formats_cut_anywhere_equal_one_final_run(tmp_path_factory, data, cuts, early):
-    check_runs_cut_anywhere(tmp_path_factory.mktemp("resume"), data, cuts, early, *ORDER_FLOW)
+    check_runs_cut_anywhere(tmp_path_factory.mktemp("resume"), data, cuts, early, *ORDER_FLOW_POOR_MIN)

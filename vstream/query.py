@@ -12,7 +12,7 @@ import heapq
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +24,7 @@ import msgspec
 from .assembler import Bar
 from .errors import ConfigError, StateError
 from .instruments import Kind, VaultPaths, discover, kind_of
+from .levels import POOR_HIGH, POOR_LOW, untouched_marks
 from .settings import TIMEFRAMES
 from .sources.replay import day_files
 from .state import State, read_state, write_atomic
@@ -209,16 +210,29 @@ class SignalFilter:
     #: more than nothing and at least ``poc_shift_min`` (a price difference).
     poc_shift: str | None = None
     poc_shift_min: Decimal = Decimal(0)
+    #: A poor high / poor low (footprint bars only); with ``untouched``, only one that no
+    #: later bar in the file has traded through.
+    poor_high: bool = False
+    poor_low: bool = False
+    untouched: bool = False
 
     @property
     def needs_previous(self) -> bool:
         return self.poc_shift is not None
 
-    def matches(self, bar: Bar, previous: Bar | None = None) -> bool:
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = (),
+    ) -> bool:
+        """Whether ``bar`` is wanted; ``untouched`` holds the ``(timestamp_utc, kind)`` of the
+        poor highs and lows no later bar has traded through (:func:`levels.untouched_marks`)."""
         if self.tiers and bar.volume_tier not in self.tiers:
             return False
-        if not (self.absorption or self.divergence or self.whale or self.stacked or self.poc_shift):
+        if not (self.absorption or self.divergence or self.whale or self.stacked or self.poc_shift
+                or self.poor_high or self.poor_low):  # fmt: skip
             return True
+        for wanted, flag, kind in ((self.poor_high, bar.poor_high, POOR_HIGH), (self.poor_low, bar.poor_low, POOR_LOW)):
+            if wanted and flag is True and (not self.untouched or (bar.timestamp_utc, kind) in untouched):
+                return True
         if self.absorption and bar.absorption:
             return True
         if self.divergence and bar.divergence and self.divergence in ("any", bar.divergence_type):
@@ -258,8 +272,12 @@ def find_signals(
     for inst in inst_ids:
         paths = VaultPaths.of(vault, inst)
         durable_length(paths, timeframe)  # fail early and clearly for a missing output
+        # Touched or not is decided by every later bar in the file, past --until too.
+        marks = untouched_marks(paths, timeframe, since) if flt.untouched else set()
         bars = read_bars_after(paths, timeframe, since, until, previous=flt.needs_previous)
-        streams.append(((b.timestamp_utc, b.instId, line, b) for b, line, prev in bars if flt.matches(b, prev)))
+        streams.append(
+            ((b.timestamp_utc, b.instId, line, b) for b, line, prev in bars if flt.matches(b, prev, marks))
+        )
     for _, _, line, bar in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
         yield bar, line
 
@@ -279,6 +297,10 @@ def signal_tags(bar: Bar) -> str:
         for side in ("buy", "sell"):
             if any(s.side == side for s in bar.stacked):
                 tags.append(f"stacked-{side}")
+    if bar.poor_high is True:
+        tags.append(POOR_HIGH)
+    if bar.poor_low is True:
+        tags.append(POOR_LOW)
     return " ".join(tags)
 
 

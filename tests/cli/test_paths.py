@@ -39,6 +39,7 @@ VAULT_COMMANDS = [
     ["signals", "--all"],
     ["signals", "--instId", BTC],
     ["chart", "--instId", BTC, "-o", "{tmp}/c.svg"],
+    ["levels", "--instId", BTC],
     ["import-okx", "{tmp}/a.csv"],
     # loopback URLs with closed ports: refused or not, it must never reach OKX
     ["live", "--instId", BTC, "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9"],

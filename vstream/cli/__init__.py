@@ -17,6 +17,7 @@ from .chart import register_chart
 from .common import PIPE_CLOSED_EXIT, Parser, package_version, report, run_async, stdout_closed
 from .demo import register_demo
 from .import_okx import register_import_okx
+from .levels import register_levels
 from .live import register_live
 from .nats import (
     register_cluster_status,
@@ -37,6 +38,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_signals,
     register_status,
     register_chart,
+    register_levels,
     register_live,
     register_ingest,
     register_publish,

@@ -39,6 +39,7 @@ _THRESHOLDS: list[tuple[str, str, type, str]] = [
     ("--imbalance-ratio", "imbalance_ratio", float, "footprint: volume ratio of an imbalanced level (3)"),
     ("--stacked-levels", "stacked_levels", int, "footprint: adjacent imbalanced levels that make a stack (3)"),
     ("--value-area", "value_area", float, "footprint: share of the bar's volume in the value area (0.7)"),
+    ("--poor-min-usd", "poor_min_usd", float, "footprint: least USD each side trades at a poor high/low (0: both > 0)"),
 ]
 
 
