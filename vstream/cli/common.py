@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import difflib
 import math
 import os
+import re
 import select
 import stat
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from ..assembler import Counters
 from ..errors import ConfigError, VStreamError
+from ..instruments import kind_of
 from ..query import parse_time
 from ..settings import TIMEFRAMES, Settings, load_config, make_settings
 
@@ -40,11 +44,95 @@ _THRESHOLDS: list[tuple[str, str, type, str]] = [
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr and exit 2."""
+    """An argument parser whose usage errors are one line on stderr and exit 2.
+
+    Options are never abbreviated (``--re`` once ran a full ``--rebuild``), and an option or
+    argument the command does not take is named in the error, with the nearest real option,
+    before any other complaint (a mistyped ``--instid`` must not read as "--instId is
+    required").
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # every parser, subcommands included
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         # One line on stderr and exit 2, as for every usage or configuration error.
         self.exit(2, f"vstream: {message} (see --help)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        argv = list(sys.argv[1:] if args is None else args)
+        unknown = self._unknown_option(argv)
+        if unknown:
+            self.error(unknown)
+        parsed, extras = self.parse_known_args(argv, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            where = f"{command}: " if command else ""
+            hint = ""
+            if kind_like(extras[0]):
+                hint = " (each instrument needs its own --instId)"
+            self.error(f"{where}unexpected argument {extras[0]!r}{hint}")
+        return parsed
+
+    def _unknown_option(self, argv: list[str]) -> str | None:
+        """The error for the first option in ``argv`` that this parser (or the subcommand
+        named in ``argv``) does not have, else ``None``; the other errors are argparse's."""
+        options = self._option_string_actions
+        commands: dict[str, Parser] = {}
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                commands.update({k: v for k, v in action.choices.items() if isinstance(v, Parser)})
+        index = 0
+        while index < len(argv):
+            token = argv[index]
+            index += 1
+            if token == "--":
+                return None  # the rest is positional
+            if token in commands:
+                return commands[token]._unknown_option(argv[index:])
+            if not token.startswith("-") or token == "-" or self._negative_number_matcher.match(token):
+                continue
+            long = token.startswith("--")
+            name, eq, _ = token.partition("=") if long else (token[:2], "", "")
+            known = options.get(name)
+            if known is None:
+                return f"unknown option {name}{_did_you_mean(name, options)}"
+            if not eq and (long or len(token) == 2):  # not --opt=VALUE, not -oVALUE
+                index += _values_taken(known, argv[index:])
+        return None
+
+
+def _did_you_mean(name: str, options: Mapping[str, argparse.Action]) -> str:
+    """`` (did you mean --instId?)`` for an unknown option, or nothing when none is near."""
+    known = sorted(o for o in options if o.startswith("--"))
+    same = [o for o in known if o.lower() == name.lower()]
+    near = same or [o for o in known if o.startswith(name) and len(name) > 2]
+    near = near or difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    return f" (did you mean {' or '.join(near[:3])}?)" if near else ""
+
+
+def _values_taken(action: argparse.Action, rest: list[str]) -> int:
+    """How many of the tokens after an option are its values (its ``nargs``, as far as they
+    are not options themselves): they are not checked as options."""
+    nargs = action.nargs
+    if nargs == 0:
+        return 0
+    if nargs is None or isinstance(nargs, int):
+        return 1 if nargs is None else nargs
+    if nargs == "?":
+        return 1 if rest and not rest[0].startswith("-") else 0
+    taken = 0  # "*", "+": up to the next option
+    while taken < len(rest) and not rest[taken].startswith("-"):
+        taken += 1
+    return taken
+
+
+def kind_like(text: str) -> bool:
+    """Whether ``text`` looks like an instrument id (``BTC-USDT-SWAP``, ``eth-usdt``)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9]+-[A-Za-z0-9]+(-[A-Za-z0-9]+)?", text))
 
 
 def positive_number(text: str) -> float:
@@ -99,11 +187,34 @@ def _timeframes(text: str) -> tuple[str, ...]:
     return items
 
 
+def instrument_id(text: str) -> str:
+    """``--instId``: an OKX instrument id as it is (``BTC-USDT-SWAP``).
+
+    Not upper-cased on the quiet: the id names the vault's folders and is matched against
+    every trade line's ``instId``, and on a case-blind file system (Windows) ``btc-usdt-swap``
+    would find the folder, then reject every line. Say what it should be instead.
+    """
+    try:
+        kind_of(text)
+    except ConfigError as exc:
+        upper = text.strip().upper()
+        if upper != text:
+            with contextlib.suppress(ConfigError):
+                kind_of(upper)
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} is not an OKX instrument id: ids are upper case, did you mean {upper}?"
+                ) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_instruments_option(p: argparse.ArgumentParser, every: str, *, flag: str = "--all") -> None:
     """``--instId ID`` (repeatable) or ``flag`` (``every`` says which instruments it takes):
     one of the two is required."""
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
+    group.add_argument(
+        "--instId", dest="inst_ids", action="append", type=instrument_id, metavar="ID", help="instrument, repeatable"
+    )
     group.add_argument(flag, action="store_true", help=every)
 
 

@@ -19,7 +19,7 @@ from ..query import (
     status_row,
     vault_status,
 )
-from .common import add_vault_option, stdout_closed, vault_of
+from .common import add_vault_option, instrument_id, stdout_closed, vault_of
 
 
 def max_lag(text: str) -> float:
@@ -51,7 +51,7 @@ def register_status(sub: Any) -> None:
         "0 when every instrument is healthy, 1 when any has a problem, 2 on a usage error.",
     )
     add_vault_option(p)
-    p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID",
+    p.add_argument("--instId", dest="inst_ids", action="append", type=instrument_id, metavar="ID",
                    help="only these instruments (default: all in the vault)")
     p.add_argument("--max-lag", metavar="DURATION", type=max_lag,
                    help="a problem when the last 1m bar ended longer ago than this (90s, 10m, 2h, 1d); off by default")
