@@ -316,7 +316,14 @@ def time_range(args: argparse.Namespace, now: float) -> tuple[str | None, str | 
             found.append(parse_time(text, now) if text else None)
         except ConfigError as exc:
             raise ConfigError(f"--{option}: {exc}") from None
-    return found[0], found[1]
+    since, until = found
+    if since is not None and until is not None and since >= until:
+        # Both to the minute: --since is the first minute taken, --until the first one not.
+        raise ConfigError(
+            f"--since {args.since} ({since}) is not before --until {args.until} ({until}): "
+            f"no bar can match; swap them?"
+        )
+    return since, until
 
 
 def summary_line(inst_id: str, before: Counters, after: Counters, seconds: float) -> str:
