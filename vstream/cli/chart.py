@@ -13,7 +13,7 @@ from ..footprint_chart import render_footprint
 from ..instruments import VaultPaths
 from ..query import read_bars
 from ..settings import TIMEFRAMES
-from .common import add_vault_option, bar_count, instrument_id, time_range, vault_of
+from .common import add_vault_option, bar_count, existing_vault, instrument_id, time_range
 
 
 def register_chart(sub: Any) -> None:
@@ -43,7 +43,7 @@ def register_chart(sub: Any) -> None:
 
 
 def _chart(args: Any) -> int:
-    vault = vault_of(args)
+    vault = existing_vault(args)
     paths = VaultPaths.of(vault, args.inst_id)
     now = time.time()
     since, until = time_range(args, now)

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import select
+import shlex
 import stat
 import sys
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -282,6 +283,37 @@ def vault_of(args: argparse.Namespace) -> Path:
         if path == vault:
             raise ConfigError(f"vault {vault} is not a folder")
         raise ConfigError(f"vault {vault} cannot be made: {path} is not a folder")
+    return vault
+
+
+#: Whether printed commands and paths are quoted for cmd.exe / PowerShell (else a POSIX shell).
+ON_WINDOWS = sys.platform == "win32"
+#: What makes cmd.exe (or PowerShell) split or reinterpret an unquoted word.
+_CMD_SPECIAL = re.compile(r"""[\s"&|<>^()%!,;=`'$@{}\[\]]""")
+
+
+def shell_quote(text: str, *, windows: bool | None = None) -> str:
+    """``text`` as one word of a command line a user will paste into their shell.
+
+    POSIX: :func:`shlex.quote`. Windows: as it is when nothing in it is special to cmd.exe or
+    PowerShell, else in double quotes (both shells take those; a path cannot hold one), with
+    backslashes before the closing quote doubled, so the C runtime does not read ``\"`` as a
+    quote inside the word. ``windows`` defaults to the platform this runs on.
+    """
+    if not (ON_WINDOWS if windows is None else windows):
+        return shlex.quote(text)
+    if text and not _CMD_SPECIAL.search(text):
+        return text
+    trailing = len(text) - len(text.rstrip("\\"))
+    return '"' + text + "\\" * trailing + '"'
+
+
+def existing_vault(args: argparse.Namespace) -> Path:
+    """:func:`vault_of`, for the commands that only read a vault: one that is not there is a
+    :class:`ConfigError` saying so (not "no 1m bars in" a folder deep inside it)."""
+    vault = vault_of(args)
+    if not vault.is_dir():
+        raise ConfigError(f"vault {vault} does not exist")
     return vault
 
 
