@@ -317,6 +317,36 @@ def existing_vault(args: argparse.Namespace) -> Path:
     return vault
 
 
+#: What a vault holds, one at least (SPEC §2): trades, bars or replay states.
+VAULT_PARTS = ("raw/okx/trades_*", "derived/volume", "state/volume")
+
+
+def is_vault(folder: Path) -> bool:
+    """Whether ``folder`` holds one of :data:`VAULT_PARTS` (blocking I/O)."""
+    try:
+        return any(path.is_dir() for part in VAULT_PARTS for path in folder.glob(part))
+    except OSError:
+        return False
+
+
+def require_vault(vault: Path) -> None:
+    """:class:`ConfigError` unless ``vault`` is a vault: a folder that does not exist, or holds
+    none of :data:`VAULT_PARTS` (its parent, or its ``derived/`` folder, given by mistake),
+    is named as such, with the vault nearby if there is one."""
+    if not vault.is_dir():
+        raise ConfigError(f"vault {vault} does not exist")
+    if is_vault(vault):
+        return
+    near: Path | None = next((p for p in list(vault.parents)[:3] if is_vault(p)), None)
+    if near is None:
+        with contextlib.suppress(OSError):
+            near = next((c for c in sorted(vault.iterdir()) if c.is_dir() and is_vault(c)), None)
+    hint = f"; did you mean {shell_quote(str(near))}?" if near is not None else ""
+    raise ConfigError(
+        f"{vault} is not a vault: it holds none of {', '.join(VAULT_PARTS)}{hint}"
+    )
+
+
 def settings_of(args: argparse.Namespace) -> tuple[Settings, frozenset[str]]:
     """The settings of a command (defaults, then ``--config``, then the flags) and the names
     of those the user gave, in the file or as flags: the others a resuming instrument takes
