@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..instruments import discover, kind_of
 from ..progress import Progress, ProgressSource
 from ..settings import Settings
-from ..sources.replay import ReplaySource
+from ..sources.replay import ReplaySource, warn_passed_over
 from .common import (
     add_instruments_option,
     add_settings_options,
@@ -97,6 +97,7 @@ async def _replay(args: argparse.Namespace) -> int:
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids or []))
     if args.all:
         inst_ids = discover(vault)
+        await asyncio.to_thread(warn_passed_over, vault)  # nothing in raw/ passed over silently
         if not inst_ids:
             raise ConfigError(f"no instruments with trade files under {vault / 'raw' / 'okx'}")
     for inst_id in inst_ids:
