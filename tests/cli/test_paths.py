@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import windows_argv
 
 from vstream.chart import render, write_chart
 from vstream.errors import ConfigError
@@ -145,43 +146,6 @@ def test_reading_a_vault_that_is_not_there_says_so(run_cli: RunCli, tmp_path: Pa
     assert_usage_error(status, err, f"vault {vault} does not exist")
     assert "bars" not in err and out == ""
     assert not vault.exists() and not (tmp_path / "c.svg").exists()
-
-
-def windows_argv(line: str) -> list[str]:
-    """Split a command line as the Microsoft C runtime (CommandLineToArgvW) does: the rules
-    a Windows program such as ``vstream.exe`` gets its arguments by."""
-    args: list[str] = []
-    word: list[str] = []
-    quoted = started = False
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if c == "\\":
-            n = len(line[i:]) - len(line[i:].lstrip("\\"))
-            i += n
-            if i < len(line) and line[i] == '"':
-                word.append("\\" * (n // 2))
-                if n % 2:
-                    word.append('"')
-                    i += 1
-            else:
-                word.append("\\" * n)
-            started = True
-            continue
-        if c == '"':
-            quoted = not quoted
-            started = True
-        elif c in " \t" and not quoted:
-            if started:
-                args.append("".join(word))
-            word, started = [], False
-        else:
-            word.append(c)
-            started = True
-        i += 1
-    if started:
-        args.append("".join(word))
-    return args
 
 
 @pytest.mark.parametrize(
