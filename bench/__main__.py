@@ -11,7 +11,10 @@ What is measured, exactly:
   fields and types), no validation, no bars: newline-delimited
   (``Decoder(Trade).decode_lines``) and framed as one JSON array
   (``Decoder(list[Trade]).decode``), the faster of the two. Only the decode calls are
-  timed (reading and framing are not), so the floor is as low as it can honestly be.
+  timed (reading and framing are not), so the floor is as low as it can honestly be. With
+  ``--format exporter`` the lines are the vault exporter's (CRLF), and the floor Struct holds
+  their twelve fields: all strings, or with the stamp a datetime and the numbers floats,
+  whichever decodes faster.
 * **replay** — ``vstream replay --instId ... --final --rebuild`` in a fresh process on the
   same file: read files, validate every line (SPEC §3), build bars, write bars and state
   (fsync). Timed inside the process around ``vstream.cli.main`` (best of ``--repeat``) and
@@ -47,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +90,63 @@ def _chunks(path: Path) -> Any:
             pending = data[cut + 1 :]
 
 
-def decode_floor(path: Path, repeat: int) -> tuple[float, float, int]:
+class ExporterFields(msgspec.Struct, gc=False):
+    """The exporter's twelve fields as it writes them: strings."""
+
+    timestamp_utc: str
+    exchange: str
+    market: str
+    instId: str
+    symbol_canon: str
+    trade_id: str
+    side: str
+    price: str
+    qty_contracts: str
+    ctVal: str
+    ctMult: str
+    ctType: str
+
+
+class ExporterTyped(msgspec.Struct, gc=False):
+    """The same fields with the stamp and the numbers typed as a reader uses them."""
+
+    timestamp_utc: datetime
+    exchange: str
+    market: str
+    instId: str
+    symbol_canon: str
+    trade_id: str
+    side: str
+    price: str
+    qty_contracts: float
+    ctVal: float
+    ctMult: str
+    ctType: str
+
+
+#: The floor Structs of each line format; the fastest of a format's counts.
+FLOOR_STRUCTS: dict[str, tuple[type, ...]] = {
+    "okx": (Trade,),
+    "exporter": (ExporterFields, ExporterTyped),
+}
+
+
+def decode_floor(path: Path, repeat: int, line_format: str = "okx") -> tuple[float, float, int]:
     """(best decode-only seconds, best read+decode seconds, lines).
 
     Two ways of decoding the same chunks with one reused decoder are timed, and the faster
     counts: newline-delimited (``Decoder(Trade).decode_lines``, as replay does) and framed as
-    one JSON array (``Decoder(list[Trade]).decode``, framing not timed).
+    one JSON array (``Decoder(list[Trade]).decode``, framing not timed). Exporter lines are
+    decoded into a Struct of their fields, every value a string or with the stamp and
+    numbers typed, whichever is faster.
     """
-    by_line = msgspec.json.Decoder(Trade, strict=False)
-    by_array = msgspec.json.Decoder(list[Trade], strict=False)
+    results = [_floor(path, repeat, struct) for struct in FLOOR_STRUCTS[line_format]]
+    return min(results)
+
+
+def _floor(path: Path, repeat: int, struct: type) -> tuple[float, float, int]:
+    by_line = msgspec.json.Decoder(struct, strict=False)
+    by_array = msgspec.json.Decoder(list[struct], strict=False)  # type: ignore[valid-type]
     best_lines = best_array = best_all = float("inf")
     lines = 0
     for _ in range(repeat):
@@ -164,7 +216,7 @@ def _outputs(vault: Path) -> list[Path]:
     return sorted(p for p in (vault / "derived").rglob("*.jsonl"))
 
 
-def multi(tmp: Path, trades: int, repeat: int) -> dict[str, Any]:
+def multi(tmp: Path, trades: int, repeat: int, line_format: str = "okx") -> dict[str, Any]:
     """Two instruments: ``replay --all`` (a process each) against one after the other."""
     insts = ["BTC-USDT-SWAP", "ETH-USDT-SWAP"]
     together, apart = tmp / "multi_all", tmp / "multi_one"
@@ -172,7 +224,7 @@ def multi(tmp: Path, trades: int, repeat: int) -> dict[str, Any]:
         for index, inst in enumerate(insts):
             path = _raw_file(vault, inst)
             if vault is together:
-                write_benchmark_file(path, inst, trades, seed=index + 1)
+                write_benchmark_file(path, inst, trades, seed=index + 1, line_format=line_format)
             else:
                 shutil.copy(_raw_file(together, inst), path)
     par = min(r["wall"] for r in replay(together, None, repeat))
@@ -185,15 +237,20 @@ def multi(tmp: Path, trades: int, repeat: int) -> dict[str, Any]:
     return {"trades": trades * len(insts), "parallel": par, "sequential": seq, "identical": same}
 
 
-def pandas_baseline(path: Path) -> tuple[float, int] | str:
+def pandas_baseline(path: Path, line_format: str = "okx") -> tuple[float, int] | str:
     """Seconds and bars of a naive pandas version, or why it was skipped."""
     try:
         import pandas as pd
     except ImportError:
         return "skipped: pandas not installed (pip install '.[bench]')"
     started = time.perf_counter()
-    df = pd.read_json(path, lines=True, dtype={"px": float, "sz": float, "tradeId": str})
-    df["ts"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
+    if line_format == "exporter":
+        df = pd.read_json(path, lines=True, dtype={"price": float, "qty_contracts": float, "trade_id": str})
+        df = df.rename(columns={"price": "px", "qty_contracts": "sz"})
+        df["ts"] = pd.to_datetime(df["timestamp_utc"], utc=True)
+    else:
+        df = pd.read_json(path, lines=True, dtype={"px": float, "sz": float, "tradeId": str})
+        df["ts"] = pd.to_datetime(df["ts"], unit="ms", utc=True)
     df["usd"] = df["px"] * df["sz"] * 0.01
     df["buy_usd"] = df["usd"].where(df["side"] == "buy", 0.0)
     bars = df.set_index("ts").resample("1min").agg(
@@ -333,6 +390,8 @@ def main() -> None:
     parser.add_argument("--no-live", action="store_true", help="skip the live figures")
     parser.add_argument("--no-bar-wait", action="store_true", help="live: skip the bar latency (waits up to a minute)")
     parser.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
+    parser.add_argument("--format", choices=("okx", "exporter"), default="okx", dest="line_format",
+                        help="trade lines as OKX objects (okx) or as the vault exporter writes them (exporter)")
     parser.add_argument("--footprint", metavar="TICK",
                         help="also replay with --footprint TICK (and --cvd), beside the plain replay")
     args = parser.parse_args()
@@ -349,9 +408,9 @@ def main() -> None:
         vault = tmp / "vault"
         path = _raw_file(vault, INST)
         t0 = time.perf_counter()
-        write_benchmark_file(path, INST, args.trades)
+        write_benchmark_file(path, INST, args.trades, line_format=args.line_format)
         size = path.stat().st_size
-        print(f"data: {args.trades} trade lines, {size / 1e6:.0f} MB, {size / args.trades:.0f} bytes/line "
+        print(f"data: {args.trades} {args.line_format} trade lines, {size / 1e6:.0f} MB, {size / args.trades:.0f} bytes/line "
               f"(generated in {time.perf_counter() - t0:.1f} s)\n")
 
         # The floor and the replay alternate, one of each per round, so that the ratio of a
@@ -362,7 +421,7 @@ def main() -> None:
         runs: list[dict[str, Any]] = []
         lines = 0
         for _ in range(args.repeat):
-            floor_one, floor_all_one, lines = decode_floor(path, 1)
+            floor_one, floor_all_one, lines = decode_floor(path, 1, args.line_format)
             floors.append((floor_one, floor_all_one))
             runs += replay(vault, [INST], 1)
         floor = min(f for f, _ in floors)
@@ -393,13 +452,13 @@ def main() -> None:
                 show(f"replay {name}"[:44], f"{lines / fastest:>12,.0f} trades/s  {fastest:6.2f} s  (/ plain, each round: {cost} x)")
 
         if not args.no_multi:
-            m = multi(tmp, args.trades // 2, args.repeat)
+            m = multi(tmp, args.trades // 2, args.repeat, args.line_format)
             show("2 instruments, replay --all (wall)", f"{m['trades'] / m['parallel']:>12,.0f} trades/s  {m['parallel']:6.2f} s")
             show("2 instruments, one after the other (wall)", f"{m['trades'] / m['sequential']:>12,.0f} trades/s  {m['sequential']:6.2f} s")
             show("2 instruments: speed-up, outputs identical", f"{m['sequential'] / m['parallel']:>12.2f} x  {m['identical']}")
 
         if not args.no_pandas:
-            got = pandas_baseline(path)
+            got = pandas_baseline(path, args.line_format)
             if isinstance(got, str):
                 show("pandas read_json + resample", got)
             else:

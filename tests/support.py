@@ -19,6 +19,24 @@ def trade_line(tid: int, px: str, sz: str, side: str, ts: int, inst: str = "BTC-
     )
 
 
+def exporter_line(
+    tid: int, px: str, sz: str, side: str, ts: int, inst: str = "BTC-USDT-SWAP", ct_val: str = "0.01", **extra: Any
+) -> str:
+    """One trade line as the vault's trades exporter writes it (no newline): json.dumps with
+    its default separators, its twelve keys in its order, every value a string."""
+    from datetime import UTC, datetime, timedelta
+
+    stamp = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ts)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    base, quote = inst.split("-")[:2]
+    inverse = quote not in ("USDT", "USDC") and inst.count("-") == 2
+    return json.dumps(
+        {"timestamp_utc": stamp, "exchange": "okx", "market": "spot" if inst.count("-") == 1 else "perp",
+         "instId": inst, "symbol_canon": f"{base}/{quote}", "trade_id": str(tid), "side": side,
+         "price": px, "qty_contracts": sz, "ctVal": ct_val, "ctMult": "1",
+         "ctType": "inverse" if inverse else "linear", **extra}
+    )  # fmt: skip
+
+
 def write_lines(path: Path, lines: Iterable[str], newline: str = "\n") -> None:
     """Write ``lines``, each followed by ``newline``."""
     path.write_bytes("".join(line + newline for line in lines).encode())

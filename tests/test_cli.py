@@ -87,6 +87,21 @@ def test_demo_generates_replays_and_summarises(run_cli, tmp_path):
     assert "tiers: T1=" in out
 
 
+def test_demo_makes_an_exporter_format_vault(run_cli, tmp_path):
+    vault = tmp_path / "demo vault"  # a space, as in the trader's own path
+    status, out, err = run_cli("demo", "--vault", str(vault), "--hours", "1", "--format", "exporter")
+    assert status == 0, err
+    for inst in ("BTC-USDT-SWAP", "ETH-USDT-SWAP"):
+        paths = VaultPaths.of(vault, inst)
+        (day,) = sorted(paths.raw_dir.iterdir())
+        first = day.read_bytes().split(b"\r\n")[0]
+        assert list(json.loads(first)) == ["timestamp_utc", "exchange", "market", "instId", "symbol_canon", "trade_id",
+                                           "side", "price", "qty_contracts", "ctVal", "ctMult", "ctType"]  # fmt: skip
+        assert (vault / "meta" / "okx" / "instruments" / f"{inst}.json").is_file()
+        summary = next(line for line in out.splitlines() if line.strip().startswith(f"{inst} trades="))
+        assert " rejects=10 " in summary and paths.output().stat().st_size > 0
+
+
 def test_commands_other_than_live_start_without_the_network_stack():
     # websockets and httpx are for live mode only; replay, status and signals start without
     # them (a faster start for commands run every few minutes). The public name still works.

@@ -60,20 +60,22 @@ def _files(vault: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-def test_kill_9_at_random_instants_then_resume_equals_one_clean_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("line_format", ["okx", "exporter"])
+def test_kill_9_at_random_instants_then_resume_equals_one_clean_run(tmp_path: Path, line_format: str) -> None:
+    # exporter: the trader's own vault format (CRLF exporter lines and instrument files)
     source = tmp_path / "source"
-    report = generate_vault(source, instruments=INSTS, hours=30, seed=5)
+    report = generate_vault(source, instruments=INSTS, hours=30, seed=5, line_format=line_format)
     assert report.trades > 250_000
 
     clean = tmp_path / "clean"
-    shutil.copytree(source / "raw", clean / "raw")
+    shutil.copytree(source, clean)
     proc = _replay(clean, "--final", interval="5")
     assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
     expected = _files(clean)
     assert all(expected.values())
 
     vault = tmp_path / "killed"
-    shutil.copytree(source / "raw", vault / "raw")
+    shutil.copytree(source, vault)
     rng = random.Random(20240607)
     kills = mid_work = attempts = 0
     while kills < KILLS:

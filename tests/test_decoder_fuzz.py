@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vstream.trades
-from vstream.trades import Decoded, LineDecoder, flat_lines_py
+from vstream.trades import Decoded, LineDecoder, Trade, flat_lines_py
 
 try:
     from vstream._lines import flat_lines as compiled_flat_lines
@@ -156,8 +156,9 @@ def _careful(decoder: LineDecoder, lines: list[bytes]) -> Decoded:
 
 
 def _as_plain(decoded: Decoded) -> tuple[object, object, int]:
+    # A trade by its Trade fields (the fast paths' Structs are subclasses with more)
     return (
-        msgspec.to_builtins(decoded.trades),
+        [{name: getattr(t, name) for name in Trade.__struct_fields__} for t in decoded.trades],
         msgspec.to_builtins(decoded.rejects),
         decoded.skipped,
     )

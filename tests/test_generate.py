@@ -27,6 +27,7 @@ from vstream.generate import (
     DEFAULT_START,
     INSTRUMENTS,
     Instrument,
+    exporter_line,
     format_units,
     generate_vault,
     instrument,
@@ -342,3 +343,41 @@ def test_benchmark_file_is_valid_and_deterministic(tmp_path: Path) -> None:
     for line in (tmp_path / "spot.jsonl").read_text("utf-8").splitlines():
         assert judge(json.loads(line), "BTC-USDT") is None
     assert math.isclose(float(json.loads(line)["px"]), 60000, rel_tol=0.01)
+
+
+def test_exporter_benchmark_file_holds_the_same_trades_as_exporter_lines(tmp_path: Path) -> None:
+    okx, ex = tmp_path / "okx.jsonl", tmp_path / "ex.jsonl"
+    assert write_benchmark_file(okx, "BTC-USDT-SWAP", 5000, 3) == 5000
+    assert write_benchmark_file(ex, "BTC-USDT-SWAP", 5000, 3, line_format="exporter") == 5000
+    ins = instrument("BTC-USDT-SWAP")
+    data = ex.read_bytes()
+    assert data.endswith(b"\r\n") and data.count(b"\r\n") == 5000
+    for a, b in zip(okx.read_bytes().splitlines(), data.split(b"\r\n"), strict=False):
+        t = json.loads(a)
+        # each line is exactly what the exporter writes of that trade
+        assert b == exporter_line(ins, {k: v for k, v in t.items() if k != "count"})
+
+
+def test_exporter_lines_are_json_dumps_of_the_twelve_keys() -> None:
+    ins = instrument("ETH-USD-SWAP")
+    t = {"instId": "ETH-USD-SWAP", "tradeId": "42", "px": "3000.25", "sz": "7", "side": "sell", "ts": "1735765200123"}
+    line = exporter_line(ins, t)
+    assert line == json.dumps(
+        {"timestamp_utc": "2025-01-01T21:00:00.123000Z", "exchange": "okx", "market": "perp", "instId": "ETH-USD-SWAP",
+         "symbol_canon": "ETH/USD", "trade_id": "42", "side": "sell", "price": "3000.25", "qty_contracts": "7.0",
+         "ctVal": "10", "ctMult": "1", "ctType": "inverse"}
+    ).encode()  # fmt: skip
+
+
+def test_exporter_vault_has_the_exporters_meta_files_and_same_trades(tmp_path: Path) -> None:
+    okx = generate_vault(tmp_path / "okx", instruments=("BTC-USDT-SWAP",), hours=1, seed=2)
+    ex = generate_vault(tmp_path / "ex", instruments=("BTC-USDT-SWAP",), hours=1, seed=2, line_format="exporter")
+    a, b = okx.instruments["BTC-USDT-SWAP"], ex.instruments["BTC-USDT-SWAP"]
+    assert (a.trades, a.bad_lines, a.duplicate_lines, a.late_lines) == (b.trades, b.bad_lines, b.duplicate_lines, b.late_lines)
+    assert b.control_lines == 0 and b.envelope_lines == 0
+    meta = json.loads((tmp_path / "ex" / "meta" / "okx" / "instruments" / "BTC-USDT-SWAP.json").read_text())
+    assert meta["instId"] == "BTC-USDT-SWAP" and meta["normalized"] == {
+        "ctVal": "0.01", "ctMult": "1", "ctType": "linear", "tickSz": "0.1", "lotSz": "1"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="line_format"):
+        generate_vault(tmp_path / "x", instruments=("BTC-USDT-SWAP",), hours=1, line_format="csv")

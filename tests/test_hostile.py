@@ -261,3 +261,114 @@ def test_a_huge_line_is_read_in_bounded_memory(tmp_path: Path) -> None:
         status, peaks[size] = _peak_rss_kib(vault)
         assert status == 0
     assert peaks[96 << 20] - peaks[0] < 48 * 1024, peaks  # KiB: well under half the line
+
+
+# -- the vault exporter's lines (SPEC §3 item 4) --------------------------------------------
+
+
+def ex_trade(tid: int, ts: int, /, **change: object) -> dict[str, object]:
+    """An exporter line's object: its twelve keys in order, every value a string."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 1000)) + f".{ts % 1000:03d}000Z"
+    obj: dict[str, object] = {
+        "timestamp_utc": stamp, "exchange": "okx", "market": "perp", "instId": INST, "symbol_canon": "BTC/USDT",
+        "trade_id": str(tid), "side": "buy", "price": "42219.9", "qty_contracts": "12.0", "ctVal": "0.01",
+        "ctMult": "1", "ctType": "linear",
+    }  # fmt: skip
+    obj.update(change)
+    return {k: v for k, v in obj.items() if v is not DROP}
+
+
+def ex_enc(obj: object) -> bytes:
+    return json.dumps(obj).encode()  # the exporter's own separators
+
+
+def ex_bad(**change: object) -> Callable[[int, int], bytes]:
+    return lambda tid, ts: ex_enc(ex_trade(tid, ts, **change))
+
+
+def _stamp_of(ts: int) -> str:
+    return str(ex_trade(0, ts)["timestamp_utc"])
+
+
+EXPORTER_HOSTILE: list[tuple[str, Callable[[int, int], bytes], tuple[str, ...]]] = [
+    ("impossible date", lambda t, s: ex_enc(ex_trade(t, s, timestamp_utc="2025-02-30" + _stamp_of(s)[10:])), ("reject", "timestamp_utc must be an RFC 3339 time")),
+    ("stamp a number", ex_bad(timestamp_utc=1735779600000), ("reject", "RFC 3339 time text")),
+    ("stamp without zone", lambda t, s: ex_enc(ex_trade(t, s, timestamp_utc=_stamp_of(s)[:-1])), ("reject", "no time zone")),
+    ("stamp in another zone", lambda t, s: ex_enc(ex_trade(t, s, timestamp_utc=_stamp_of(s)[:-1] + "+02:00")), ("reject", "must be in UTC")),
+    ("stamp far future", ex_bad(timestamp_utc="2099-01-01T00:00:00.000000Z"), ("reject", "more than a day in the future")),
+    ("stamp before 2017", ex_bad(timestamp_utc="2016-12-31T23:59:59.000000Z"), ("reject", "before 2017-01-01")),
+    ("nine digits", lambda t, s: ex_enc(ex_trade(t, s, timestamp_utc=_stamp_of(s)[:-1] + "001Z")), ("good",)),
+    ("+00:00", lambda t, s: ex_enc(ex_trade(t, s, timestamp_utc=_stamp_of(s)[:-1] + "+00:00")), ("good",)),
+    ("ctVal zero", ex_bad(ctVal="0"), ("reject", "ctVal must be > 0")),
+    ("ctVal text", ex_bad(ctVal="abc"), ("reject", "ctVal must be a decimal number")),
+    ("ctVal empty", ex_bad(ctVal=""), ("good",)),
+    ("ctType unknown", ex_bad(ctType="quanto"), ("reject", "ctType must be linear or inverse")),
+    ("exchange not okx", ex_bad(exchange="binance"), ("reject", "exchange must be okx")),
+    ("extra key", ex_bad(note="hello", ctMult="10"), ("good",)),
+    ("missing qty_contracts", ex_bad(qty_contracts=DROP), ("reject", "qty_contracts missing")),
+    ("missing price", ex_bad(price=DROP), ("reject", "price missing")),
+    ("missing timestamp_utc", ex_bad(timestamp_utc=DROP), ("reject", "timestamp_utc missing")),
+    ("missing trade_id", ex_bad(trade_id=DROP), ("reject", "tradeId missing")),
+    ("trade_id not digits", ex_bad(trade_id="12a"), ("reject", "trade_id must be a decimal integer")),
+    ("qty zero", ex_bad(qty_contracts="0"), ("reject", "qty_contracts must be > 0")),
+    ("price negative", ex_bad(price="-1"), ("reject", "price must be > 0")),
+    ("other instrument", ex_bad(instId="ETH-USDT-SWAP"), ("reject", "is not BTC-USDT-SWAP")),
+    ("side hold", ex_bad(side="hold"), ("reject", "side must be buy or sell")),
+    ("truncated", lambda t, s: ex_enc(ex_trade(t, s))[:60], ("reject", "invalid JSON")),
+    ("with an OKX tradeId", ex_bad(tradeId="5"), ("reject", "px missing")),
+]  # fmt: skip
+
+
+def build_exporter(vault: Path, *, clean: bool) -> dict[str, object]:
+    """Exporter files (CRLF) with every hostile kind between good neighbours; a byte-order
+    mark starts day 2 and its last line is torn (no CRLF). ``clean``: the good lines only."""
+    raw_dir = VaultPaths.of(vault, INST).raw_dir
+    raw_dir.mkdir(parents=True)
+    days: dict[str, list[bytes]] = {"2025-01-02.jsonl": [], "2025-01-03.jsonl": []}
+    expected: list[tuple[str, int, str]] = []
+    good = 0
+    tid = 1000
+    for index, (_, make, expect) in enumerate(EXPORTER_HOSTILE):
+        name = "2025-01-02.jsonl" if index < len(EXPORTER_HOSTILE) // 2 else "2025-01-03.jsonl"
+        lines = days[name]
+        ts = BASE_TS + index * 60_000
+        for k in range(2):
+            lines.append(ex_enc(ex_trade(tid, ts + k, side="sell" if k else "buy")))
+            tid += 1
+            good += 1
+        line = make(tid, ts + 5)
+        if expect[0] == "good":
+            good += 1
+            lines.append(line if not clean else ex_enc(ex_trade(tid, ts + 5)))
+        elif not clean:
+            lines.append(line)
+            expected.append((name, len(lines), expect[1]))
+        tid += 3
+    last = ex_enc(ex_trade(tid, BASE_TS + len(EXPORTER_HOSTILE) * 60_000))
+    good += 1
+    (raw_dir / "2025-01-02.jsonl").write_bytes(b"".join(x + b"\r\n" for x in days["2025-01-02.jsonl"]))
+    body = b"\xef\xbb\xbf" + b"".join(x + b"\r\n" for x in days["2025-01-03.jsonl"])
+    (raw_dir / "2025-01-03.jsonl").write_bytes(body + last)
+    return {"rejects": expected, "good": good}
+
+
+def test_hostile_exporter_lines(tmp_path: Path, run_cli: Callable[..., tuple[int, str, str]]) -> None:
+    hostile, clean = tmp_path / "hostile", tmp_path / "clean"
+    expect = build_exporter(hostile, clean=False)
+    build_exporter(clean, clean=True)
+    paths, ref = VaultPaths.of(hostile, INST), VaultPaths.of(clean, INST)
+    status, _, err = run_cli("replay", "--instId", INST, "--vault", str(hostile))
+    assert status == 0, err
+    assert read_state(paths.state).assembler.counters.trades == expect["good"] - 1  # the torn line waits
+    assert run_cli("replay", "--instId", INST, "--vault", str(hostile), "--final")[0] == 0
+    assert run_cli("replay", "--instId", INST, "--vault", str(clean), "--final")[0] == 0
+    # the good lines make exactly the bars they make alone (each line's own ctVal 0.01 or
+    # none: the instrument's 0.01)
+    assert paths.output("1m").read_bytes() == ref.output("1m").read_bytes()
+    counters = read_state(paths.state).assembler.counters
+    assert counters.trades == expect["good"] and counters.rejects == len(expect["rejects"])
+    rejects = [msgspec.json.decode(x) for x in paths.rejects.read_bytes().splitlines()]
+    got = [(r["file"], r["line"], r["error"]) for r in rejects]
+    for (file, line, error), (efile, eline, part) in zip(got, expect["rejects"], strict=True):
+        assert (file, line) == (efile, eline), (file, line, error, part)
+        assert part in error, (error, part)

@@ -171,6 +171,8 @@ class _Reordered(msgspec.Struct):
     px: str
     tradeId: str
     instId: str
+    ct_inverse: bool
+    ct_val: float
 
 
 @dataclasses.dataclass
@@ -182,6 +184,8 @@ class _Plain:
     side: str
     ts: int
     count: int
+    ct_val: float
+    ct_inverse: bool
 
 
 def _totals(kernel: ModuleType, items: list) -> tuple:

@@ -231,6 +231,9 @@ def test_growing_rejects_are_reported_once(copy: Path, run_cli: RunCli) -> None:
     with newest.open("a") as handle:
         handle.write('{"instId":"BTC-USDT-SWAP","tradeId":"1","px":"1","sz":"0","side":"buy","ts":"1735790000000"}\n')
         handle.write("garbage\n")
+        # Good lines too: a run that rejects all (or most) of what it read is another problem.
+        for tid in (1, 2, 3):
+            handle.write(f'{{"instId":"BTC-USDT-SWAP","tradeId":"{tid}","px":"1","sz":"1","side":"buy","ts":"1735790000000"}}\n')
     assert run_cli("status", "--vault", str(copy))[0] == 0
     assert VaultPaths.of(copy, BTC).raw_dir.exists()
     st = vault_status(copy, [BTC], now=NOW, remember=False)[0]

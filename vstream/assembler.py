@@ -21,8 +21,8 @@ from typing import Annotated
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from .instruments import Instrument
-from .kernel import MINUTE_MS, MinuteRun, flow_rows, fold, fold_flow
+from .instruments import Instrument, Kind, missing_ct_val
+from .kernel import MINUTE_MS, MinuteRun, all_own_ct, flow_rows, fold, fold_flow
 from .settings import TIMEFRAMES, Settings, tick_fraction
 from .trades import Trade
 
@@ -254,7 +254,7 @@ def _ratio(text: str) -> tuple[int, int]:
     return f.numerator, f.denominator
 
 
-def _exact_whale(instrument: Instrument, whale_usd: float) -> Callable[[float, str], bool]:
+def _exact_whale(instrument: Instrument, whale_usd: float) -> Callable[[float, str, float, bool], bool]:
     """Whether a trade's exact notional (``sz``, ``px`` and ctVal as written) is >= ``whale_usd``.
 
     The fold asks only about trades whose micro-dollar notional is within rounding distance
@@ -264,7 +264,13 @@ def _exact_whale(instrument: Instrument, whale_usd: float) -> Callable[[float, s
     ct = Fraction(repr(instrument.ct_val)) if instrument.ct_val is not None else Fraction(1)
     linear = not instrument.inverse
 
-    def exact(sz: float, px: str) -> bool:
+    def exact(sz: float, px: str, own_ct: float, own_inverse: bool) -> bool:
+        # own_ct > 0: the trade's own contract facts convert it (SPEC §4), not the instrument's
+        if own_ct > 0.0:
+            notional = Fraction(repr(sz)) * Fraction(repr(own_ct))
+            if not own_inverse:
+                notional *= Fraction(*_ratio(px))
+            return notional >= threshold
         notional = Fraction(repr(sz)) * ct
         if linear:
             notional *= Fraction(*_ratio(px))
@@ -632,11 +638,11 @@ class BarAssembler:
         self._minute = self._series["1m"]
         self._higher = [s for label, s in self._series.items() if label != "1m"]
         self._grace_ms = round(settings.grace * 1000)
-        if instrument.inverse:
-            assert instrument.ct_val is not None
-            scale = instrument.ct_val * MICRO
-        else:
-            scale = (instrument.ct_val or 1.0) * MICRO
+        # A swap or future may have no contract value of its own here when its trade lines
+        # carry theirs (SPEC §4); a trade without one is then refused by ``feed``.
+        contracts = instrument.kind is not Kind.SPOT
+        self._needs_ct = contracts and instrument.ct_val is None
+        scale = 1.0 * MICRO if instrument.kind is Kind.SPOT else (instrument.ct_val or 0.0) * MICRO
         tick = self._minute.tick
         self._run = MinuteRun(
             scale,
@@ -646,6 +652,8 @@ class BarAssembler:
             tick_num=tick[0] if tick is not None else 0,
             tick_den=tick[1] if tick is not None else 1,
             flow=settings.cvd,
+            ct=(instrument.ct_val or 0.0) if contracts else 0.0,
+            own_ct=contracts,
         )
         if state is not None:
             self.restore(state)
@@ -657,6 +665,8 @@ class BarAssembler:
         out: list[Bar] = []
         run = self._run
         batch = trades if type(trades) is list else list(trades)
+        if self._needs_ct and not all_own_ct(batch):
+            raise missing_ct_val(self.instrument.inst_id)
         run.late = run.duplicates = run.accepted = 0
         done = 0
         extra = run.footprint or run.flow
@@ -778,6 +788,13 @@ class BarAssembler:
         """Start of the open minute (minutes since the epoch), or None."""
         agg = self._minute.open
         return agg.start if agg is not None else None
+
+    def odd_contracts(self) -> list[tuple[float, bool]]:
+        """The contract facts (``ctVal``, inverse) of trades fed since the last call that
+        differ from the instrument's; each such trade was converted with its own (SPEC §4)."""
+        odd = sorted(self._run.odd)
+        self._run.odd.clear()
+        return odd
 
     @property
     def next_minute(self) -> int:

@@ -24,13 +24,14 @@ import msgspec
 
 from .assembler import Bar, BarAssembler, Counters
 from .errors import ConfigError, SinkError, SourceError, VStreamError
-from .instruments import Instrument, VaultPaths, load_cache, resolve
+from .instruments import Instrument, Kind, VaultPaths, load_cache, load_meta, resolve
 from .kernel import MINUTE_MS
 from .settings import SHAPE_FIELDS, Settings
 from .sinks import Sink, SinkLike, as_sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
-from .state import FilePos, InstrumentStore, State
+from .state import FilePos, InstrumentStore, RunTally, State
+from .takeover import TakeOver
 
 log = logging.getLogger("vstream")
 
@@ -175,6 +176,49 @@ class _BarStream:
 
 
 @dataclass(slots=True)
+class _Tally:
+    """What one instrument's input held in this run, to tell a run that rejected (almost)
+    everything it read (SPEC §7, "nothing silent")."""
+
+    records: int = 0  # trades and skipped lines delivered
+    rejected: int = 0  # lines with at least one reject
+    first_error: str = ""
+    last_key: tuple[str, int] | None = None
+    start_lines: int | None = None  # lines consumed of the vault files before the run
+
+    def add(self, batch: Batch) -> None:
+        self.records += len(batch.trades) + batch.skipped
+        for reject in batch.rejects:
+            key = (reject.file, reject.line)
+            if key != self.last_key:  # rejects come in line order: one line may hold several
+                self.rejected += 1
+                self.last_key = key
+                if not self.first_error:
+                    self.first_error = f"{reject.file} line {reject.line}: {reject.error}"
+
+    def result(self, position: Any) -> RunTally:
+        """The run so far, ``position`` being where its source stands now.
+
+        The lines that held something are at most the rejected ones plus the records kept
+        (a websocket envelope holds several), and at most the vault file lines consumed (blank
+        ones included): the smaller of the two, exact for files of one trade per line.
+        """
+        lines = self.rejected + self.records
+        consumed = _lines_of(position)
+        if consumed is not None and self.start_lines is not None:
+            lines = max(self.rejected, min(lines, consumed - self.start_lines))
+        return RunTally(
+            lines=lines, rejected=self.rejected, kept=self.records, first_error=self.first_error
+        )
+
+
+def _lines_of(position: Any) -> int | None:
+    if isinstance(position, dict) and all(isinstance(p, FilePos) for p in position.values()):
+        return sum(int(p.lines) for p in position.values())
+    return None
+
+
+@dataclass(slots=True)
 class _Pipe:
     """One instrument's assembler and, in vault mode, its durable files."""
 
@@ -186,6 +230,15 @@ class _Pipe:
     position: Any = None
     state: State | None = None
     dirty: bool = False
+    #: Contract facts of trade lines already reported as differing from the instrument's.
+    odd_reported: set[tuple[float, bool]] = field(default_factory=set)
+    tally: _Tally = field(default_factory=_Tally)
+
+    @property
+    def provisional(self) -> bool:
+        """A swap or future converted only by its lines' own ctVal: a line without one stops
+        the run, and nothing of the run is kept before it ends (SPEC §4)."""
+        return self.instrument.ct_val is None and self.instrument.kind is not Kind.SPOT
 
 
 #: Put in the batch queue by stop() to wake a consumer waiting on it.
@@ -369,9 +422,18 @@ class Engine:
                 or self._all_given
                 or ("ct_val" in self._given and inst_id in self.settings.ct_val)
             )
+            # Trade lines that carry their own ctVal (exporter lines) convert themselves: the
+            # instrument then needs none, until a line without one comes (SPEC §4).
+            carries = getattr(self._source_of[inst_id], "carries_contracts", None)
+            own = bool(carries(inst_id)) if carries is not None else False
+            meta = load_meta(self.vault, inst_id) if self.vault is not None else None
             # A ctVal nobody gave may be in the state: the store raises if it is not.
             instrument = explicit or resolve(
-                inst_id, self.settings.ct_val, cache, required=self.vault is None or ct_chosen
+                inst_id,
+                self.settings.ct_val,
+                cache,
+                required=(self.vault is None or ct_chosen) and not own,
+                meta=meta,
             )
             if self.vault is None:
                 self._pipes[inst_id] = _Pipe(instrument, BarAssembler(instrument, self.settings))
@@ -382,7 +444,9 @@ class Engine:
                 "footprint" in self._given and inst_id in self.settings.footprint
             ):
                 given |= {"footprint"}
-            store = InstrumentStore(paths, self.settings.shape(instrument.ct_val, inst_id), given=given)
+            store = InstrumentStore(
+                paths, self.settings.shape(instrument.ct_val, inst_id), given=given, own_contracts=own
+            )
             state = store.open(rebuild=self.rebuild)
             try:
                 shape = store.shape
@@ -396,6 +460,7 @@ class Engine:
             pipe.state = state
             pipe.store = store
             pipe.position = state.files or state.position
+            pipe.tally.start_lines = _lines_of(state.files)
             pipe.outputs = {
                 tf: JsonlSink(paths.output(tf), autoflush=False) for tf in shape.timeframes
             }
@@ -547,7 +612,7 @@ class Engine:
                 break
             now = self._clock()
             if now - last_checkpoint >= self._checkpoint_interval:
-                await self.checkpoint()
+                await self.checkpoint(periodic=True)
                 last_checkpoint = now
 
     async def _handle(self, batch: Batch) -> None:
@@ -560,7 +625,16 @@ class Engine:
         if batch.gap:
             assembler.mark_gap()
         if batch.trades:
-            bars += assembler.feed(batch.trades)
+            try:
+                bars += assembler.feed(batch.trades)
+            except ConfigError:
+                # A trade with no contract value to convert it: nothing of this run is kept.
+                self._broken = True
+                raise
+            odd = assembler.odd_contracts()
+            if odd:
+                self._report_odd(pipe, odd)
+        pipe.tally.add(batch)
         counters = assembler.counters
         if batch.rejects:
             counters.rejects += len(batch.rejects)
@@ -574,6 +648,24 @@ class Engine:
         pipe.dirty = True
         if bars:
             await self._emit(pipe, bars)
+
+    def _report_odd(self, pipe: _Pipe, odd: list[tuple[float, bool]]) -> None:
+        """Say once per run what contract facts trade lines carry where they differ from the
+        instrument's (they still convert their own trades, SPEC §4)."""
+        inst = pipe.instrument
+        mine = f"{inst.ct_val!r} ({'inverse' if inst.inverse else 'linear'})"
+        for ct, inverse in odd:
+            if (ct, inverse) in pipe.odd_reported:
+                continue
+            pipe.odd_reported.add((ct, inverse))
+            log.warning(
+                "%s: trade lines carry ctVal %r (%s) where the instrument's is %s; each such "
+                "trade is converted with its line's own",
+                inst.inst_id,
+                ct,
+                "inverse" if inverse else "linear",
+                mine,
+            )
 
     async def _emit(self, pipe: _Pipe, bars: list[Bar]) -> None:
         if pipe.outputs:
@@ -645,13 +737,18 @@ class Engine:
 
     # -- durability ------------------------------------------------------------------------
 
-    async def checkpoint(self) -> None:
-        """Make bars durable, then save each instrument's state atomically (SPEC §7)."""
+    async def checkpoint(self, *, periodic: bool = False) -> None:
+        """Make bars durable, then save each instrument's state atomically (SPEC §7).
+
+        ``periodic``: a checkpoint on the way, which leaves out instruments whose run may
+        still be refused (:attr:`_Pipe.provisional`); the one at the end takes them too."""
         if self._broken:
             raise SinkError("an earlier checkpoint failed; this engine writes no more")
         async with self._ckpt_lock:
             for pipe in self._pipes.values():
                 if pipe.store is None or pipe.state is None:
+                    continue
+                if periodic and pipe.provisional:
                     continue
                 if not pipe.dirty:
                     # Nothing taken since the state on disk (opening saved or loaded it):
@@ -668,6 +765,9 @@ class Engine:
                     position=None if by_file else position,
                     assembler=pipe.assembler.snapshot(),
                 )
+                tally = pipe.tally.result(position)
+                if tally.lines:  # a run that read nothing keeps the last one's
+                    state.last_run = tally
                 pending = {tf: sink.take() for tf, sink in pipe.outputs.items()}
                 assert pipe.rejects is not None
                 rejected = pipe.rejects.take()
@@ -706,6 +806,16 @@ class Engine:
     def assembler(self, inst_id: str) -> BarAssembler:
         """The live assembler of one instrument (after :meth:`open`)."""
         return self._pipes[inst_id].assembler
+
+    def run_tally(self, inst_id: str) -> RunTally:
+        """How many input lines of one instrument this engine read and rejected so far."""
+        pipe = self._pipes[inst_id]
+        return pipe.tally.result(pipe.position)
+
+    def took_over(self, inst_id: str) -> TakeOver | None:
+        """Where opening moved ``volume_analyzer.py``'s files of one instrument, if it did."""
+        store = self._pipes[inst_id].store
+        return store.took_over if store is not None else None
 
     async def bars(self, partial: bool = False) -> AsyncIterator[Bar]:
         """Iterate over bars as they are finished, running the engine if nobody else does.

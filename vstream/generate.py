@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 import math
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -302,6 +303,53 @@ _BAD_KINDS = (
 _encode = msgspec.json.Encoder().encode
 
 
+#: The line formats :func:`write_lines` writes: OKX's own objects (with websocket envelopes and
+#: control messages mixed in), or the lines of the trader's trades exporter (flat trades only).
+LINE_FORMATS = ("okx", "exporter")
+
+
+def _ct_text(value: float) -> str:
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def exporter_line(ins: Instrument, t: Trade) -> bytes:
+    """``t`` as the trades exporter writes it: ``json.dumps`` of its twelve keys, every value a
+    string, ``timestamp_utc`` with six fractional digits, the size as Python prints a float.
+    Keys ``t`` lacks are left out; a ``ts`` that is not a stamp is written as it is. Written
+    here from the exporter's description, not by vstream's own encoder (see the module doc)."""
+    ts = t.get("ts")
+    try:
+        ms = int(ts)  # type: ignore[arg-type]
+        stamp = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}000Z"
+    except (TypeError, ValueError, OverflowError, OSError):
+        stamp = str(ts)
+    inst = str(t.get("instId", ins.inst_id))
+    base, quote = inst.split("-")[:2]
+    sz = t.get("sz")
+    try:
+        size = repr(float(sz))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        size = str(sz)
+    obj: dict[str, str] = {
+        "timestamp_utc": stamp,
+        "exchange": "okx",
+        "market": ins.market,
+        "instId": inst,
+        "symbol_canon": f"{base}/{quote}",
+        "trade_id": str(t.get("tradeId", "")),
+        "side": str(t.get("side", "")),
+        "price": str(t.get("px", "")),
+        "qty_contracts": size,
+        "ctVal": _ct_text(ins.ct_val) if ins.market != "spot" else "",
+        "ctMult": "1",
+        "ctType": ("inverse" if ins.inverse else "linear") if ins.market != "spot" else "",
+    }
+    if "tradeId" not in t:
+        del obj["trade_id"]
+    return json.dumps(obj).encode()
+
+
 def _other_inst(inst_id: str) -> str:
     return "ETH-USDT-SWAP" if inst_id == "BTC-USDT-SWAP" else "BTC-USDT-SWAP"
 
@@ -321,8 +369,13 @@ def write_lines(
     bad_lines: bool = True,
     envelope_fraction: float = 0.1,
     gzip_old_days: bool = False,
+    line_format: str = "okx",
 ) -> InstrumentReport:
     """Write one instrument's trades to ``directory/{YYYY-MM-DD}.jsonl``, split at UTC midnight.
+
+    ``line_format`` ``exporter`` writes the trader's exporter lines (CRLF) instead: flat trades
+    only, no envelopes or control messages, the bad kinds written as exporter lines (and an
+    impossible date where an envelope would hold the bad trade).
 
     Lines are mostly flat trades; about ``envelope_fraction`` of taker orders arrive as a
     websocket push envelope, and a few OKX control messages (subscribe, ``pong``, notice,
@@ -332,9 +385,16 @@ def write_lines(
     re-send. The trades themselves do not depend on these options. ``gzip_old_days`` writes
     every day but the newest as ``.jsonl.gz``; an existing file of the other form is removed.
     """
+    if line_format not in LINE_FORMATS:
+        raise ValueError(f"line_format must be one of {', '.join(LINE_FORMATS)}, not {line_format!r}")
     ins = instrument(inst)
     rep = InstrumentReport(ins.inst_id)
     lay = random.Random(f"vstream.layout:{ins.inst_id}:{seed}")  # separate: trades stay identical
+    as_exporter = line_format == "exporter"
+    eol = b"\r\n" if as_exporter else b"\n"
+
+    def enc(t: Trade) -> bytes:
+        return exporter_line(ins, t) if as_exporter else _encode(t)
     directory.mkdir(parents=True, exist_ok=True)
     first_minute = -(-start_ms // MINUTE_MS)
     due: list[tuple[int, str]] = []
@@ -371,6 +431,8 @@ def write_lines(
         rep.files.append(path)
 
     def control(line: bytes) -> None:
+        if as_exporter:
+            return  # the exporter writes trades only
         buf.append(line + b"\n")
         rep.control_lines += 1
 
@@ -387,38 +449,43 @@ def write_lines(
         line: bytes
         if kind == "duplicate":
             rep.duplicate_lines += 1
-            line = _encode(last)
+            line = enc(last)
         elif kind == "late":
             if prev_minute_trade is None:
                 return False
             rep.late_lines += 1
-            line = _encode(prev_minute_trade)
+            line = enc(prev_minute_trade)
+        elif kind == "mixed_envelope" and as_exporter:
+            rep.bad_lines += 1
+            obj = json.loads(exporter_line(ins, bad_trade(last)))
+            obj["timestamp_utc"] = "2025-02-30" + obj["timestamp_utc"][10:]  # no such day
+            line = json.dumps(obj).encode()
         elif kind == "mixed_envelope":
             mix_next = True  # the next group carries it, so good trades share its envelope
             return True
         else:
             rep.bad_lines += 1
             if kind == "invalid_json":
-                line = _encode(last)[:40]
+                line = enc(last)[:40]
             elif kind == "sz_zero":
-                line = _encode(bad_trade(last, sz="0"))
+                line = enc(bad_trade(last, sz="0"))
             elif kind == "side_hold":
-                line = _encode(bad_trade(last, side="hold"))
+                line = enc(bad_trade(last, side="hold"))
             elif kind == "other_inst":
-                line = _encode(bad_trade(last, instId=_other_inst(ins.inst_id)))
+                line = enc(bad_trade(last, instId=_other_inst(ins.inst_id)))
             elif kind == "px_negative":
-                line = _encode(bad_trade(last, px=f"-{last['px']}"))
+                line = enc(bad_trade(last, px=f"-{last['px']}"))
             elif kind == "px_nan":
-                line = _encode(bad_trade(last, px="NaN"))
+                line = enc(bad_trade(last, px="NaN"))
             elif kind == "far_future":
-                line = _encode(bad_trade(last, ts="4102444800000"))  # 2100-01-01
+                line = enc(bad_trade(last, ts="4102444800000"))  # 2100-01-01
             elif kind == "ancient":
-                line = _encode(bad_trade(last, ts="1262304000000"))  # 2010, before OKX swaps
+                line = enc(bad_trade(last, ts="1262304000000"))  # 2010, before OKX swaps
             else:
                 t = bad_trade(last)
                 del t["tradeId"]
-                line = _encode(t)
-        buf.append(line + b"\n")
+                line = enc(t)
+        buf.append(line + eol)
         return True
 
     for group in _groups(
@@ -480,7 +547,9 @@ def write_lines(
                         }
                     )
                 )
-        if mix_next or lay.random() < envelope_fraction:
+        if as_exporter:
+            buf.extend(enc(t) + eol for t in group)
+        elif mix_next or lay.random() < envelope_fraction:
             data: list[Trade] = list(group)
             if mix_next:
                 data.insert(lay.randrange(len(data) + 1), bad_trade(group[0], side="hold"))
@@ -548,8 +617,12 @@ def generate_vault(
     bad_lines: bool = True,
     envelope_fraction: float = 0.1,
     gzip_old_days: bool = False,
+    line_format: str = "okx",
 ) -> GenerationReport:
-    """Fill a vault's raw trade folders with ``hours`` of trades per instrument (see write_lines)."""
+    """Fill a vault's raw trade folders with ``hours`` of trades per instrument (see write_lines).
+
+    With ``line_format`` ``exporter`` the vault is as the trader's exporter leaves it: its
+    trade lines and, per instrument, its instrument file ``meta/okx/instruments/{INSTID}.json``."""
     vault = Path(vault)
     rep = GenerationReport(vault)
     for inst in instruments:
@@ -557,9 +630,32 @@ def generate_vault(
         rep.instruments[ins.inst_id] = write_lines(
             trades_dir(vault, ins), ins, start_ms=to_ms(start), minutes=round(hours * 60),
             seed=seed, trades_per_minute=trades_per_minute, bad_lines=bad_lines,
-            envelope_fraction=envelope_fraction, gzip_old_days=gzip_old_days,
+            envelope_fraction=envelope_fraction, gzip_old_days=gzip_old_days, line_format=line_format,
         )  # fmt: skip
+        if line_format == "exporter":
+            write_exporter_meta(vault, ins)
     return rep
+
+
+def write_exporter_meta(vault: Path, ins: Instrument) -> Path:
+    """The exporter's instrument file of ``ins``: ``instId``, ``raw`` (an OKX instruments row)
+    and ``normalized``, every value a string, indented by 2."""
+    tick = format_units(1, ins.px_decimals) if ins.px_decimals else "1"
+    lot = format_units(ins.min_sz_units, ins.sz_decimals) if ins.sz_decimals else "1"
+    spot = ins.market == "spot"
+    facts = {
+        "ctVal": "" if spot else _ct_text(ins.ct_val),
+        "ctMult": "" if spot else "1",
+        "ctType": "" if spot else ("inverse" if ins.inverse else "linear"),
+        "tickSz": tick,
+        "lotSz": lot,
+    }
+    inst_type = {"perp": "SWAP", "futures": "FUTURES", "spot": "SPOT"}[ins.market]
+    raw = {"instId": ins.inst_id, "instType": inst_type, **facts, "state": "live"}
+    path = vault / "meta" / "okx" / "instruments" / f"{ins.inst_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"instId": ins.inst_id, "raw": raw, "normalized": facts}, indent=2))
+    return path
 
 
 def write_benchmark_file(
@@ -570,14 +666,19 @@ def write_benchmark_file(
     *,
     start_ms: int = to_ms(DEFAULT_START),
     trades_per_minute: float = 300.0,
+    line_format: str = "okx",
 ) -> int:
     """Write ``n_trades`` valid flat trade lines fast; return the number of lines written.
 
     Simpler flow than :func:`iter_trades` (tick random walk, ~40 % of trades share the previous
     ``ts``, heavy-tailed sizes) but the same line shape. Randomness comes from ``randbytes`` and
     lookup tables and lines are joined per 64k chunk, because per-line ``json`` encoding and
-    ``random`` calls would dominate a multi-million-line run.
+    ``random`` calls would dominate a multi-million-line run. ``line_format`` ``exporter``
+    writes the same trades as the trades exporter's lines (CRLF, as :func:`exporter_line`
+    writes them, byte for byte).
     """
+    if line_format not in LINE_FORMATS:
+        raise ValueError(f"line_format must be one of {', '.join(LINE_FORMATS)}, not {line_format!r}")
     ins = instrument(inst_id)
     rng = random.Random(f"vstream.bench:{inst_id}:{seed}")
     d, szd = ins.px_decimals, ins.sz_decimals
@@ -602,6 +703,10 @@ def write_benchmark_file(
     head = '{"instId":"' + ins.inst_id + '","tradeId":"'
     cache: dict[int, str] = {}
     written = 0
+    if line_format == "exporter":
+        return _write_exporter_benchmark(
+            path, ins, n_trades, rng, sizes, sides, steps, dts, p, tid, start_ms
+        )
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         while written < n_trades:
             n = min(65_536, n_trades - written)
@@ -619,6 +724,60 @@ def write_benchmark_file(
                 out.append(
                     f'{head}{tid}","px":"{px}","sz":"{sizes[rc[i]]}","side":"{sides[a]}",'
                     f'"ts":"{ts}","count":"{counts[rb[i] ^ rc[i]]}","source":"0","seqId":{tid + seq_off}}}\n'
+                )
+                tid += 1
+            f.write("".join(out))
+            written += n
+    return written
+
+
+def _write_exporter_benchmark(
+    path: Path,
+    ins: Instrument,
+    n_trades: int,
+    rng: random.Random,
+    sizes: list[str],
+    sides: list[str],
+    steps: list[int],
+    dts: list[int],
+    p: int,
+    tid: int,
+    ts: int,
+) -> int:
+    """:func:`write_benchmark_file`'s flow as exporter lines (no ``count``: the exporter has
+    none). Seconds are formatted once each, the rest of a line from cached pieces."""
+    d = ins.px_decimals
+    base, quote = ins.inst_id.split("-")[:2]
+    ct = f'"{_ct_text(ins.ct_val)}", "ctMult": "1", "ctType": "{"inverse" if ins.inverse else "linear"}"}}\r\n'
+    mid = (
+        f'", "exchange": "okx", "market": "{ins.market}", "instId": "{ins.inst_id}", '
+        f'"symbol_canon": "{base}/{quote}", "trade_id": "'
+    )
+    sizes_text = [repr(float(sz)) for sz in sizes]
+    cache: dict[int, str] = {}
+    second = -1
+    stamp = ""
+    written = 0
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        while written < n_trades:
+            n = min(65_536, n_trades - written)
+            ra, rb, rc = rng.randbytes(n), rng.randbytes(n), rng.randbytes(n)
+            out = []
+            for i in range(n):
+                a = ra[i]
+                p += steps[a]
+                if p < 1:
+                    p = 1
+                ts += dts[rb[i]]
+                if ts // 1000 != second:
+                    second = ts // 1000
+                    stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                px = cache.get(p)
+                if px is None:
+                    px = cache[p] = format_units(p, d)
+                out.append(
+                    f'{{"timestamp_utc": "{stamp}.{ts % 1000:03d}000Z{mid}{tid}", "side": "{sides[a]}", '
+                    f'"price": "{px}", "qty_contracts": "{sizes_text[rc[i]]}", "ctVal": {ct}'
                 )
                 tid += 1
             f.write("".join(out))

@@ -131,38 +131,97 @@ def load_cache(vault: Path) -> InstrumentCache:
         ) from exc
 
 
+class _MetaRow(msgspec.Struct):
+    ctVal: str | float = ""
+    ctType: str = ""
+
+
+class _MetaFile(msgspec.Struct):
+    """``meta/okx/instruments/{INSTID}.json`` in either shape the trader's exporters write:
+    ``{"instId", "raw": {OKX row}, "normalized": {"ctVal", ...}}``, or a flat OKX row."""
+
+    instId: str = ""
+    raw: _MetaRow | None = None
+    normalized: _MetaRow | None = None
+    ctVal: str | float = ""
+    ctType: str = ""
+
+
+def meta_path(vault: Path | str, inst_id: str) -> Path:
+    """The vault's instrument file of ``inst_id``, as the trader's trades exporter writes it."""
+    return Path(vault) / "meta" / "okx" / "instruments" / f"{inst_id}.json"
+
+
+def load_meta(vault: Path | str, inst_id: str) -> CachedInstrument | None:
+    """The contract facts of ``inst_id`` in the vault's instrument file (``normalized``, else
+    ``raw``, else a flat row's), or None where there is no file. An unreadable file is a
+    :class:`ConfigError` naming it: its contract value may be the one the bars need."""
+    path = meta_path(vault, inst_id)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read instrument file {path}: {exc.strerror or exc}") from exc
+    try:
+        meta = msgspec.json.decode(data.removeprefix(b"\xef\xbb\xbf"), type=_MetaFile)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"instrument file {path} is unreadable ({exc}): fix or delete it") from exc
+    if meta.instId and meta.instId != inst_id:
+        raise ConfigError(f"instrument file {path} is for {meta.instId}, not {inst_id}")
+    ct_val: str | float = ""
+    ct_type = ""
+    for row in (meta.normalized, meta.raw, meta):
+        if row is None:
+            continue
+        if not ct_val and row.ctVal not in ("", None):
+            ct_val = row.ctVal
+        if not ct_type and row.ctType:
+            ct_type = row.ctType
+    return CachedInstrument(instId=inst_id, ctVal=str(ct_val) if ct_val else "", ctType=ct_type)
+
+
+def _ct_of(row: CachedInstrument | None) -> float | None:
+    """A row's contract value, None where it has none OKX would list (empty or unreadable)."""
+    if row is None or not row.ctVal:
+        return None
+    try:
+        ct_val = float(row.ctVal)
+    except ValueError:
+        return None
+    return ct_val if 0 < ct_val <= MAX_CT_VAL else None
+
+
 def resolve(
     inst_id: str,
     overrides: Mapping[str, float] | None = None,
     cache: InstrumentCache | None = None,
     *,
     required: bool = True,
+    meta: CachedInstrument | None = None,
 ) -> Instrument:
-    """Build an :class:`Instrument`, taking ``ctVal`` from overrides, then cache, then the table.
+    """Build an :class:`Instrument`, taking ``ctVal`` from overrides, then the vault's
+    instrument file (``meta``, see :func:`load_meta`), then the cache, then the table (SPEC §4).
 
     A swap or future with no known ``ctVal`` is a :class:`ConfigError` naming the fix: vstream
     never guesses a contract size. With ``required=False`` its ``ct_val`` is ``None`` instead
-    (the engine then takes the one stored in the instrument's state, or raises that error).
+    (the engine then takes the one stored in the instrument's state, or lets trade lines that
+    carry their own convert themselves, or raises that error).
     """
     kind = kind_of(inst_id)
     settle = inst_id.split("-")[1]
     cached = cache.instruments.get(inst_id) if cache is not None else None
     if kind is Kind.SPOT:
         return Instrument(inst_id, kind, inverse=False, ct_val=None)
-    if cached is not None and cached.ctType in ("linear", "inverse"):
-        inverse = cached.ctType == "inverse"
-    else:
-        inverse = settle not in _LINEAR_SETTLE
+    typed = next((r for r in (meta, cached) if r is not None and r.ctType in ("linear", "inverse")), None)
+    inverse = typed.ctType == "inverse" if typed is not None else settle not in _LINEAR_SETTLE
     ct_val: float | None = None
     if overrides and inst_id in overrides:
         ct_val = float(overrides[inst_id])
-    elif cached is not None and cached.ctVal:
-        try:
-            ct_val = float(cached.ctVal)
-        except ValueError:
-            ct_val = None
-        if ct_val is not None and not 0 < ct_val <= MAX_CT_VAL:
-            ct_val = None  # not a contract value OKX would list: as if unreadable
+    else:
+        ct_val = _ct_of(meta)
+        if ct_val is None:
+            ct_val = _ct_of(cached)
     if ct_val is None:
         ct_val = BUILTIN_CT_VAL.get(inst_id)
     if ct_val is not None and not ct_val > 0:
@@ -176,7 +235,8 @@ def missing_ct_val(inst_id: str) -> ConfigError:
     """The error of a swap or future whose contract value is nowhere to be found."""
     return ConfigError(
         f"no contract value (ctVal) known for {inst_id}: pass --ct-val {inst_id}=VALUE, set "
-        f"[ct_val] in the config file, or run `vstream live` once to fill the instrument cache"
+        f"[ct_val] in the config file, put it in the vault's meta/okx/instruments/{inst_id}.json, "
+        f"or run `vstream live` once to fill the instrument cache"
     )
 
 

@@ -14,6 +14,7 @@ the order trades arrive in.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any, Final, Protocol, cast
 
@@ -23,7 +24,14 @@ MINUTE_MS: Final = 60_000
 #: Distinct price texts remembered before the cache starts over.
 PRICE_CACHE: Final = 1 << 16
 #: The leading fields of :class:`vstream.trades.Trade` (and of its subclasses), in order.
-TRADE_FIELDS: Final = ("instId", "tradeId", "px", "sz", "side", "ts", "count")
+TRADE_FIELDS: Final = ("instId", "tradeId", "px", "sz", "side", "ts", "count", "ct_val", "ct_inverse")
+#: Micro-dollars per dollar, as a float factor (a ctVal times this is a trade's scale).
+MICRO_F: Final = 1_000_000.0
+#: The earliest accepted trade stamp (2017-01-01T00:00:00Z) in milliseconds (SPEC §3).
+MIN_TS_MS: Final = 1_483_228_800_000
+#: The proleptic Gregorian ordinal of 1970-01-01 (``date.toordinal``).
+_EPOCH_ORDINAL: Final = 719_163
+_UTC: Final = UTC
 #: Compiled, one ``msgspec.structs.astuple`` call reads a trade's fields faster than six
 #: generic attribute lookups; interpreted, attribute loads are specialised and cheaper.
 _ROWS: Final = not __file__.endswith(".py")
@@ -57,6 +65,10 @@ class TradeLike(Protocol):
     def ts(self) -> int: ...
     @property
     def count(self) -> int: ...
+    @property
+    def ct_val(self) -> float: ...
+    @property
+    def ct_inverse(self) -> bool: ...
 
 
 def texts_ok(trades: list[Any], known: set[str], accept: Callable[[str], bool]) -> bool:
@@ -84,6 +96,62 @@ def texts_ok(trades: list[Any], known: set[str], accept: Callable[[str], bool]) 
     # would take any Unicode digit); isascii first, so only 0-9 count.
     joined = "".join(ids)
     return not ids or (joined.isascii() and joined.encode().isdigit())
+
+
+def exporter_ready(trades: list[Any], ts_max: int, default_inverse: bool) -> bool:
+    """Finish trades decoded from exporter lines (SPEC §3 item 4) in place, or say which
+    chunk the careful path must judge: False at the first trade the typed decoder could not
+    settle, True once every trade is ready for the fold.
+
+    Each item carries ``stamp`` (the decoded ``timestamp_utc``), ``ct_val`` (its ``ctVal``
+    as decoded, ``""`` where the line has it empty) and ``ct_type`` (its ``ctType``, ``""``
+    where absent). ``ts`` becomes the stamp in milliseconds, rounded to the nearest one; a
+    stamp must be in UTC and from 2017-01-01 to ``ts_max``. An empty ``ct_val`` becomes 0.0
+    (the instrument's), and ``ct_inverse`` the contract type (``default_inverse`` where the
+    line has none).
+    """
+    for item in trades:
+        # One call reads the fields (the decoder's Struct: the Trade fields, then stamp,
+        # ct_type), cheaper than three attribute loads.
+        row: tuple[Any, ...] = astuple(cast(Any, item))
+        stamp: datetime = row[9]
+        if stamp.tzinfo is not _UTC:
+            return False  # no offset, or another one than UTC: the careful path says which
+        micro = stamp.microsecond
+        if micro % 1000 == 500:
+            # The decoder rounds past-microsecond digits to a microsecond: an exact half of
+            # a millisecond may be a rounded-up value below it. The text decides.
+            return False
+        # Exact integer arithmetic from the stamp's own fields (it is in UTC): cheaper than
+        # datetime subtraction, and halves round up.
+        days = stamp.toordinal() - _EPOCH_ORDINAL
+        seconds = ((days * 24 + stamp.hour) * 60 + stamp.minute) * 60 + stamp.second
+        ts = seconds * 1000 + (micro + 500) // 1000
+        if ts < MIN_TS_MS or ts > ts_max:
+            return False
+        item.ts = ts
+        ct: object = row[7]
+        if not isinstance(ct, float):
+            item.ct_val = 0.0  # an empty ctVal: the instrument's
+        kind: str = row[10]
+        if kind:
+            if kind == "inverse":
+                item.ct_inverse = True
+            elif kind != "linear":
+                return False
+        elif default_inverse:
+            item.ct_inverse = True
+    return True
+
+
+def all_own_ct(trades: list[Any]) -> bool:
+    """Whether every :class:`TradeLike` item carries its own contract value (``ct_val`` > 0):
+    what an instrument with no contract value of its own needs of each trade it takes."""
+    for item in trades:
+        t: TradeLike = item
+        if not t.ct_val > 0.0:
+            return False
+    return True
 
 
 def stamp_bounds(trades: list[Any], start: int) -> tuple[int, int]:
@@ -166,14 +234,23 @@ class MinuteRun:
         scale: float,
         linear: bool,
         whale_at: int,
-        exact_whale: Callable[[float, str], bool] | None = None,
+        exact_whale: Callable[[float, str, float, bool], bool] | None = None,
         *,
         tick_num: int = 0,
         tick_den: int = 1,
         flow: bool = False,
+        ct: float = 0.0,
+        own_ct: bool = False,
     ) -> None:
         self.scale = scale
         self.linear = linear
+        # The instrument's contract value (0.0: none known) and whether a trade's own
+        # contract facts (``ct_val``/``ct_inverse``, from lines that carry them) convert it.
+        # A trade whose facts equal the instrument's takes the instrument's path, so it
+        # counts exactly as the same trade without them; the others are ``odd``.
+        self.ct = ct
+        self.own_ct = own_ct
+        self.odd: set[tuple[float, bool]] = set()
         self.whale_at = whale_at
         # A rounded notional this close to the threshold may be on either side of it: the
         # exact notional decides (rounding to micro-dollars moves a notional by at most half
@@ -326,10 +403,18 @@ class MinuteRun:
                 top = tid
         self.top = top
 
-    def near_whale(self, amount: int, sz: float, px: str) -> bool:
-        """Whether a trade whose rounded notional ``amount`` is near the threshold is a whale."""
+    def near_whale(self, amount: int, sz: float, px: str, ct: float, inverse: bool) -> bool:
+        """Whether a trade whose rounded notional ``amount`` is near the threshold is a whale
+        (``ct`` its own contract value, 0.0 for the instrument's)."""
         exact = self.exact_whale
-        return exact(sz, px) if exact is not None else amount >= self.whale_at
+        return exact(sz, px, ct, inverse) if exact is not None else amount >= self.whale_at
+
+    def own_amount(self, sz: float, p: float, ct: float, inverse: bool) -> int:
+        """The micro-dollar notional of a trade converted with its own contract facts, as
+        the fold converts the others (``int(x + 0.5)`` rounds halves up for x > 0)."""
+        if self.ct > 0.0:
+            self.odd.add((ct, inverse))
+        return int(sz * (1.0 if inverse else p) * (ct * MICRO_F) + 0.5)
 
     def price(self, px: str) -> float:
         """``float(px)``, remembered: prices repeat, and a dict hit is cheaper than float()."""
@@ -367,6 +452,9 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     floor_ms = run.floor_ms
     scale = run.scale
     linear = run.linear
+    own_ct = run.own_ct
+    run_ct = run.ct
+    run_inverse = not linear
     whale_lo = run.whale_lo
     whale_hi = run.whale_hi
     prices = run.prices
@@ -411,6 +499,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     sz = 0.0
     side = ""
     fill = 0
+    ct = 0.0
+    inverse = False
     while i < n:
         item = trades[i]
         if type(item) is rows:
@@ -421,6 +511,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             side = row[4]
             ts = row[5]
             fill = row[6]
+            ct = row[7]
+            inverse = row[8]
         else:
             # (a list of Any: a list of Trade is one; the protocol gives the attribute types)
             t: TradeLike = item
@@ -430,6 +522,10 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             side = t.side
             ts = t.ts
             fill = t.count
+            ct = t.ct_val
+            inverse = t.ct_inverse
+        if ct != 0.0 and (not own_ct or (ct == run_ct and inverse == run_inverse)):
+            ct = 0.0  # the instrument's facts (or none that count): the common path
         if ts >= hi_ms or ts < lo_ms:
             if ts < lo_ms or ts < floor_ms:
                 late += 1
@@ -448,13 +544,16 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             p = q if q is not None else run.price(px)
             last_px = px
             last_p = p
-            amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+            if ct == 0.0:
+                amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+            else:
+                amount = run.own_amount(sz, p, ct, inverse)
             buy = sell = whale = whales = 0
             if side == "buy":
                 buy = amount
             else:
                 sell = amount
-            if amount >= whale_lo and (amount > whale_hi or run.near_whale(amount, sz, px)):
+            if amount >= whale_lo and (amount > whale_hi or run.near_whale(amount, sz, px, ct, inverse)):
                 whale = amount
                 whales = 1
             count = 1
@@ -496,12 +595,15 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             last_px = px
             last_p = p
         # int(x + 0.5) rounds halves up for x > 0 (sz, price and scale are all > 0)
-        amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+        if ct == 0.0:
+            amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+        else:
+            amount = run.own_amount(sz, p, ct, inverse)
         if side == "buy":
             buy += amount
         else:
             sell += amount
-        if amount >= whale_lo and (amount > whale_hi or run.near_whale(amount, sz, px)):
+        if amount >= whale_lo and (amount > whale_hi or run.near_whale(amount, sz, px, ct, inverse)):
             whale += amount
             whales += 1
         count += 1
@@ -588,6 +690,9 @@ def fold_flow(run: MinuteRun, trades: list[Any], start: int, stop: int) -> None:
     flow = run.flow
     scale = run.scale
     linear = run.linear
+    own_ct = run.own_ct
+    run_ct = run.ct
+    run_inverse = not linear
     prices = run.prices
     levels = run.levels
     book = run.book
@@ -616,6 +721,8 @@ def fold_flow(run: MinuteRun, trades: list[Any], start: int, stop: int) -> None:
     px = ""
     sz = 0.0
     side = ""
+    ct = 0.0
+    inverse = False
     for i in range(start, stop):
         if i == next_skip:
             skip += 1
@@ -629,6 +736,8 @@ def fold_flow(run: MinuteRun, trades: list[Any], start: int, stop: int) -> None:
             sz = row[3]
             side = row[4]
             ts = row[5]
+            ct = row[7]
+            inverse = row[8]
         else:
             t: TradeLike = item
             tid = t.tradeId
@@ -636,6 +745,8 @@ def fold_flow(run: MinuteRun, trades: list[Any], start: int, stop: int) -> None:
             sz = t.sz
             side = t.side
             ts = t.ts
+            ct = t.ct_val
+            inverse = t.ct_inverse
         if px == last_px:
             p = last_p
         else:
@@ -647,7 +758,10 @@ def fold_flow(run: MinuteRun, trades: list[Any], start: int, stop: int) -> None:
                 q_level = levels.get(px)
                 k = q_level if q_level is not None else run.level(px)
         # (as in fold: int(x + 0.5) rounds halves up for x > 0)
-        amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+        if ct == 0.0 or not own_ct or (ct == run_ct and inverse == run_inverse):
+            amount = int(sz * (p if linear else 1.0) * scale + 0.5)
+        else:
+            amount = run.own_amount(sz, p, ct, inverse)
         if footprint:
             if k != level:
                 if level_trades:
@@ -724,6 +838,11 @@ def flow_rows(run: MinuteRun) -> list[tuple[int, str, int]]:
         t: TradeLike = item
         q = run.prices.get(t.px)
         p = q if q is not None else run.price(t.px)
-        amount = int(t.sz * (p if linear else 1.0) * scale + 0.5)
+        ct = t.ct_val
+        inverse = t.ct_inverse
+        if ct == 0.0 or not run.own_ct or (ct == run.ct and inverse != linear):
+            amount = int(t.sz * (p if linear else 1.0) * scale + 0.5)
+        else:
+            amount = run.own_amount(t.sz, p, ct, inverse)
         rows.append((t.ts, t.tradeId, amount if t.side == "buy" else -amount))
     return rows

@@ -27,6 +27,7 @@ from .instruments import Kind, VaultPaths, discover, kind_of
 from .settings import TIMEFRAMES
 from .sources.replay import day_files, describe_ignored, ignored_files
 from .state import State, read_state, write_atomic
+from .takeover import would_take_over
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -405,6 +406,11 @@ def _backlog(paths: VaultPaths, state: State) -> int:
     return total
 
 
+_PENDING_TAKEOVER = (
+    "written by volume_analyzer.py: the next replay takes it over (moves its files aside, rebuilds)"
+)
+
+
 def instrument_status(
     vault: Path,
     inst_id: str,
@@ -428,7 +434,9 @@ def instrument_status(
     if not paths.state.exists():
         status.replayed = False
         has_output = paths.output().exists()
-        if has_output:
+        if has_output and would_take_over(paths):
+            (status.problems if required else status.notes).append(_PENDING_TAKEOVER)
+        elif has_output:
             status.problems.append(f"output {paths.output()} exists without a state (replay needs --rebuild)")
         elif required:
             status.problems.append("never replayed (no state file)")
@@ -438,7 +446,11 @@ def instrument_status(
     try:
         state = read_state(paths.state)
     except StateError as exc:
-        status.problems.append(str(exc))
+        if would_take_over(paths):
+            status.replayed = False
+            (status.problems if required else status.notes).append(_PENDING_TAKEOVER)
+        else:
+            status.problems.append(str(exc))
         return status
     if state.instId != inst_id:
         status.problems.append(f"state {paths.state} belongs to {state.instId}")
@@ -449,6 +461,18 @@ def instrument_status(
         status.rejects_new = max(0, rejects - previous_rejects)
         if status.rejects_new:
             status.problems.append(f"{status.rejects_new} new rejected lines since the last status (see {paths.rejects})")
+    last = state.last_run
+    if last is not None and last.most_rejected:
+        if not last.all_rejected:
+            share = f"{last.rejected} of the {last.lines} lines"
+        else:
+            share = "the 1 line" if last.lines == 1 else f"all {last.lines} lines"
+        status.problems.append(
+            f"the last run rejected {share} it read (first: {last.first_error}; see {paths.rejects})"
+        )
+    if state.took_over is not None:
+        moved = " and ".join(str(p) for p in state.took_over.paths(paths))
+        status.notes.append(f"taken over from volume_analyzer.py at {state.took_over.at}; its files: {moved}")
     lengths = {"1m": state.output_length, **state.timeframe_lengths}
     _check_outputs(status, paths, lengths, now, max_lag, "replay")
     try:

@@ -9,69 +9,57 @@ and reject the same trades; the careful path is the reference.
 
 from __future__ import annotations
 
-import math
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Literal
 
 import msgspec
-from msgspec import UNSET, Meta, Raw, UnsetType
+from msgspec import UNSET, Raw, UnsetType
 
-from .kernel import texts_ok
+from .formats import exporter
+from .formats.common import (
+    MAX_COUNT,
+    MAX_DECIMAL,
+    MAX_FUTURE_MS,
+    MAX_ID_DIGITS,
+    MAX_PX_CHARS,
+    MIN_PX,
+    MIN_TS_MS,
+    RAW_KEEP,
+    Reject,
+    Trade,
+    px_accepted,
+    raw_text,
+)
+from .formats.okx import TRADE_CHANNELS, check_trade, fast_fields
+from .kernel import exporter_ready, texts_ok
 
-#: 2017-01-01T00:00:00Z in milliseconds: nothing older is an OKX trade.
-MIN_TS_MS = 1_483_228_800_000
-#: How far past the wall clock a trade stamp may be (SPEC §3).
-MAX_FUTURE_MS = 86_400_000
-#: Characters of a rejected line kept in its reject record.
-RAW_KEEP = 1000
-#: Plausibility bounds that keep every later computation finite and cheap: a px or sz above
-#: MAX_DECIMAL (or a px below MIN_PX) would overflow the bar's float/Fraction arithmetic, and
-#: a px text or tradeId longer than these would hit Python's int-string limit; no real OKX
-#: trade comes near them. A count outside 1..MAX_COUNT is unreadable and counts as one fill.
-MAX_DECIMAL = 1e15
-MIN_PX = 1e-15
-MAX_PX_CHARS = 64
-MAX_ID_DIGITS = 32
-MAX_COUNT = 1_000_000_000
+__all__ = [
+    "MAX_COUNT",
+    "MAX_DECIMAL",
+    "MAX_FUTURE_MS",
+    "MAX_ID_DIGITS",
+    "MAX_PX_CHARS",
+    "MIN_PX",
+    "MIN_TS_MS",
+    "RAW_KEEP",
+    "TRADE_CHANNELS",
+    "Decoded",
+    "LineDecoder",
+    "Reject",
+    "Trade",
+    "check_trade",
+    "flat_lines",
+    "flat_lines_py",
+]
 
-#: The OKX websocket channels that carry trades.
-TRADE_CHANNELS: Final = ("trades", "trades-all")
 _TRADE_CHANNELS = frozenset(TRADE_CHANNELS)
-_SIDES = frozenset(("buy", "sell"))
-
-
-class Trade(msgspec.Struct, gc=False, kw_only=True):
-    """One OKX trade, as the analyzer uses it.
-
-    ``px`` keeps the exact decimal string the input gave (bars print it unchanged); ``sz`` is
-    in contracts (swaps, futures) or coin (spot); ``ts`` is milliseconds since the epoch;
-    ``side`` is the taker's side; ``count`` is how many fills OKX merged into the record.
-    """
-
-    instId: str = ""
-    tradeId: str = ""
-    px: str = ""
-    sz: float = 0.0
-    side: str = ""
-    ts: int = 0
-    count: int = 1
 
 
 class _Arg(msgspec.Struct, gc=False):
     channel: str = ""
     instId: str = ""
-
-
-class Reject(msgspec.Struct):
-    """A rejected input record, as written to the rejects file (SPEC §3)."""
-
-    file: str
-    line: int
-    error: str
-    raw: str
 
 
 @dataclass(slots=True)
@@ -83,130 +71,6 @@ class Decoded:
     skipped: int = 0
     #: Lines the chunk held, blank ones included (set by ``decode``/``decode_body``).
     lines: int = 0
-
-
-def _raw_text(raw: bytes | str) -> str:
-    if isinstance(raw, bytes):
-        return raw[: RAW_KEEP * 4].decode("utf-8", "replace")[:RAW_KEEP]
-    return raw[:RAW_KEEP]
-
-
-def _decimal(value: Any, name: str) -> tuple[str, float] | str:
-    """A positive finite decimal given as a JSON string or number: (text, value) or an error."""
-    if isinstance(value, bool) or value is None:
-        return f"{name} must be a decimal number, got {_show(value)}"
-    if isinstance(value, (int, float)):
-        if isinstance(value, int) and not -(10**16) < value < 10**16:
-            return f"{name} must be at most {MAX_DECIMAL:g}"  # float() of a huge int overflows
-        number = float(value)
-        text = repr(value) if isinstance(value, int) else repr(number)
-    elif isinstance(value, str):
-        text = value
-        if not _is_plain_decimal(value):
-            return f"{name} must be a decimal number, got {_show(value)}"
-        number = float(value)
-    else:
-        return f"{name} must be a decimal number, got {_show(value)}"
-    if not math.isfinite(number):
-        return f"{name} must be finite, got {_show(value)}"
-    if number <= 0:
-        return f"{name} must be > 0"
-    if number > MAX_DECIMAL:
-        return f"{name} must be at most {MAX_DECIMAL:g}"
-    if len(text) > MAX_PX_CHARS:
-        return f"{name} must be at most {MAX_PX_CHARS} characters"
-    return text, number
-
-
-def _is_plain_decimal(text: str) -> bool:
-    # JSON-number syntax only: float() alone would also take "1_0", " 5", "nan" and "٣".
-    if not text or not text.isascii():
-        return False
-    body = text[1:] if text[0] == "-" else text
-    mantissa, marker, exponent = body.lower().partition("e")
-    if marker:  # "1e" has a marker and no exponent: not a number
-        exp = exponent[1:] if exponent[:1] in ("+", "-") else exponent
-        if not exp.isdigit():
-            return False
-    whole, dot, frac = mantissa.partition(".")
-    return whole.isdigit() and (not dot or frac.isdigit())
-
-
-def _show(value: Any) -> str:
-    text = msgspec.json.encode(value).decode() if _encodable(value) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        msgspec.json.encode(value)
-    except (TypeError, ValueError, OverflowError):
-        return False
-    return True
-
-
-def check_trade(obj: Any, inst_id: str, now_ms: int) -> Trade | str:
-    """Judge one decoded trade object (careful path): a :class:`Trade` or the reason it is bad."""
-    if not isinstance(obj, dict):
-        return f"trade must be a JSON object, got {type(obj).__name__ if not isinstance(obj, list) else 'array'}"
-    inst = obj.get("instId")
-    if not isinstance(inst, str) or not inst:
-        return "instId missing" if inst is None else "instId must be a non-empty string"
-    if inst != inst_id:
-        return f"instId {_show(inst)} is not {inst_id}"
-    tid = obj.get("tradeId")
-    if tid is None:
-        return "tradeId missing"
-    if not isinstance(tid, str) or not tid:
-        return "tradeId must be a non-empty string"
-    if not (tid.isascii() and tid.isdigit()):
-        return f"tradeId must be a decimal integer, got {_show(tid)}"
-    if len(tid) > MAX_ID_DIGITS:
-        return f"tradeId must be at most {MAX_ID_DIGITS} digits"
-    if "px" not in obj:
-        return "px missing"
-    px = _decimal(obj["px"], "px")
-    if isinstance(px, str):
-        return px
-    if px[1] < MIN_PX:
-        return f"px must be at least {MIN_PX:g}"
-    if "sz" not in obj:
-        return "sz missing"
-    try:
-        sz = msgspec.convert(obj["sz"], float, strict=False)
-    except msgspec.ValidationError:
-        return f"sz must be a decimal number, got {_show(obj['sz'])}"
-    if not math.isfinite(sz):
-        return f"sz must be finite, got {_show(obj['sz'])}"
-    if sz <= 0:
-        return "sz must be > 0"
-    if sz > MAX_DECIMAL:
-        return f"sz must be at most {MAX_DECIMAL:g}"
-    side = obj.get("side")
-    if side not in _SIDES:
-        return "side missing" if side is None else f"side must be buy or sell, got {_show(side)}"
-    ts_raw = obj.get("ts")
-    if ts_raw is None:
-        return "ts missing"
-    try:
-        ts = msgspec.convert(ts_raw, int, strict=False)
-    except msgspec.ValidationError:
-        return f"ts must be integer milliseconds, got {_show(ts_raw)}"
-    if ts < MIN_TS_MS:
-        return f"ts {ts} is before 2017-01-01 (seconds instead of milliseconds?)"
-    if ts > now_ms + MAX_FUTURE_MS:
-        return f"ts {ts} is more than a day in the future"
-    count = _count(obj.get("count", 1))
-    return Trade(instId=inst, tradeId=tid, px=px[0], sz=sz, side=side, ts=ts, count=count)
-
-
-def _count(value: Any) -> int:
-    # An absent or unreadable count must not reject a good trade (SPEC §3): it counts as one fill.
-    try:
-        count = msgspec.convert(value, int, strict=False)
-    except msgspec.ValidationError:
-        return 1
-    return count if 1 <= count <= MAX_COUNT else 1
 
 
 _ENVELOPE_KEYS = ("arg", "data", "event", "op")
@@ -294,8 +158,6 @@ except ImportError:  # built without a compiler: the interpreted check
 else:
     flat_lines = _compiled_flat_lines
 
-#: Largest finite float: ``le`` this bound rejects inf in C (msgspec refuses ``lt=inf``).
-_FLOAT_MAX = sys.float_info.max
 #: How long a fast decoder's baked-in "ts not in the future" bound may lag the wall clock.
 #: The bound is at most this much stricter than SPEC §3; a stamp it refuses goes to the
 #: careful path, which applies the exact rule, so the lag never changes what is accepted.
@@ -304,10 +166,8 @@ _BOUND_REFRESH_MS = 3_600_000
 _LEAF = 8
 
 
-def _px_accepted(text: str) -> bool:
-    """Whether :func:`check_trade` accepts ``text`` as a trade's ``px`` (same rules)."""
-    px = _decimal(text, "px")
-    return not isinstance(px, str) and px[1] >= MIN_PX
+#: Kept for callers of the decoder's old private name.
+_px_accepted = px_accepted
 
 
 class _TradeArg(msgspec.Struct, gc=False):
@@ -328,19 +188,11 @@ class _FastKinds:
     Anything refused goes to a slower path; nothing is accepted that the careful path rejects.
     """
 
-    __slots__ = ("arg", "envelopes", "flat", "flat_line", "lines", "trades", "ts_max")
+    __slots__ = ("arg", "envelopes", "exporter_line", "flat", "flat_line", "lines", "trades", "ts_max")
 
     def __init__(self, inst_id: str, ts_max: int) -> None:
         self.ts_max = ts_max
-        fields: list[tuple[Any, ...]] = [
-            ("instId", Literal[inst_id]),
-            ("tradeId", Annotated[str, Meta(min_length=1, max_length=MAX_ID_DIGITS)]),
-            ("px", Annotated[str, Meta(min_length=1, max_length=MAX_PX_CHARS)]),
-            ("sz", Annotated[float, Meta(gt=0.0, le=min(MAX_DECIMAL, _FLOAT_MAX))]),
-            ("side", Literal["buy", "sell"]),
-            ("ts", Annotated[int, Meta(ge=MIN_TS_MS, le=ts_max)]),
-            ("count", Annotated[int, Meta(ge=1, le=MAX_COUNT)], 1),
-        ]
+        fields = fast_fields(inst_id, ts_max)
         opts: dict[str, Any] = {"bases": (Trade,), "gc": False, "kw_only": True}
         # An envelope element: a trade whatever other keys it carries.
         element = msgspec.defstruct("_Element", fields, **opts)
@@ -379,6 +231,10 @@ class _FastKinds:
             gc=False,
         )
         self.envelopes: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope, strict=False)
+        # An exporter line, one at a time (``ts`` and the contract facts are filled after).
+        self.exporter_line: msgspec.json.Decoder[Trade] = msgspec.json.Decoder(
+            exporter.fast_struct(inst_id), strict=False
+        )
 
 
 class LineDecoder:
@@ -400,7 +256,7 @@ class LineDecoder:
     All three accept and reject exactly the same trades; the careful path is the reference.
     """
 
-    __slots__ = ("_dec_line", "_kinds", "_now", "_px_ok", "inst_id")
+    __slots__ = ("_dec_line", "_inverse", "_kinds", "_now", "_prefer_exporter", "_px_ok", "inst_id")
 
     def __init__(self, inst_id: str) -> None:
         self.inst_id = inst_id
@@ -409,6 +265,9 @@ class LineDecoder:
         self._now = 0
         # Price texts already found to be plain positive decimals.
         self._px_ok: set[str] = set()
+        self._inverse = exporter.default_inverse(inst_id)
+        # The format the last flat chunk was in: a file keeps to one, so it is tried first.
+        self._prefer_exporter = False
 
     def _fast_kinds(self, now_ms: int) -> _FastKinds:
         kinds = self._kinds
@@ -451,12 +310,11 @@ class LineDecoder:
         # msgspec skips unknown keys without checking their UTF-8: the flat path is for
         # ASCII only (the whole buffer is one cheap test; the span alone, the exact one).
         if count > 0 and (body.isascii() or bytes(span).isascii()):
-            try:
-                trades = kinds.flat_line.decode_lines(span)
-            except _REFUSED:
-                pass
-            else:
-                if len(trades) == count and self._texts_ok(trades):
+            exporter_first = self._prefer_exporter
+            for as_exporter in (exporter_first, not exporter_first):
+                trades = self._flat_span(kinds, span, count, as_exporter)
+                if trades is not None:
+                    self._prefer_exporter = as_exporter
                     out.trades = trades
                     out.lines = count
                     return out
@@ -469,6 +327,22 @@ class LineDecoder:
         self._mixed(kinds, lines, 0, len(lines), file, first_line, now_ms, out)
         out.rejects.sort(key=_reject_line)
         return out
+
+    def _flat_span(
+        self, kinds: _FastKinds, span: memoryview | bytes, count: int, as_exporter: bool
+    ) -> list[Trade] | None:
+        """The trades of ``count`` aligned flat lines decoded in one call, all OKX objects or
+        all exporter lines; None if any line is not one (a slower path then judges them)."""
+        decoder = kinds.exporter_line if as_exporter else kinds.flat_line
+        try:
+            trades = decoder.decode_lines(span)
+        except _REFUSED:
+            return None
+        if len(trades) != count or not self._texts_ok(trades):
+            return None
+        if as_exporter and not exporter_ready(trades, kinds.ts_max, self._inverse):
+            return None
+        return trades
 
     def _envelopes(
         self,
@@ -585,6 +459,19 @@ class LineDecoder:
                 self._careful(lines[index], file, first_line + index, now_ms, out)
             return
         texts = [lines[i] for i in kept]
+        if b'"trade_id"' in texts[0]:
+            # A run of exporter lines, most likely: taken whole if every line is one, halved
+            # until the lines that are not are isolated (the careful path judges those).
+            joined = b"\n".join(texts)
+            if flat_lines(joined, 0, len(joined)) == len(texts):
+                trades = self._flat_span(kinds, joined, len(texts), True)
+                if trades is not None:
+                    out.trades.extend(trades)
+                    return
+            mid = len(kept) // 2
+            self._mixed_kept(kinds, lines, kept[:mid], file, first_line, now_ms, out)
+            self._mixed_kept(kinds, lines, kept[mid:], file, first_line, now_ms, out)
+            return
         blob = b"[" + _SEP.join(texts) + b"]"
         try:
             items = kinds.lines.decode(blob)
@@ -669,18 +556,25 @@ class LineDecoder:
         try:
             obj = self._dec_line.decode(text)
         except UnicodeDecodeError:  # msgspec raises it for bad bytes inside a string
-            out.rejects.append(Reject(file, line, "line is not valid UTF-8", _raw_text(text)))
+            out.rejects.append(Reject(file, line, "line is not valid UTF-8", raw_text(text)))
             return
         except RecursionError:
-            out.rejects.append(Reject(file, line, "invalid JSON: nested too deeply", _raw_text(text)))
+            out.rejects.append(Reject(file, line, "invalid JSON: nested too deeply", raw_text(text)))
             return
         except msgspec.DecodeError as exc:
-            out.rejects.append(Reject(file, line, _json_error(exc, text), _raw_text(text)))
+            out.rejects.append(Reject(file, line, _json_error(exc, text), raw_text(text)))
             return
         if not isinstance(obj, dict):
             out.rejects.append(
-                Reject(file, line, "line is not a JSON object", _raw_text(text))
+                Reject(file, line, "line is not a JSON object", raw_text(text))
             )
+            return
+        if exporter.is_exporter(obj):
+            verdict = exporter.check(obj, self.inst_id, now_ms)
+            if isinstance(verdict, str):
+                out.rejects.append(Reject(file, line, verdict, raw_text(text)))
+            else:
+                out.trades.append(verdict)
             return
         if "data" in obj or "arg" in obj or "event" in obj or "op" in obj:
             data = obj.get("data")
@@ -702,14 +596,14 @@ class LineDecoder:
                 verdict = check_trade(element, self.inst_id, now_ms)
                 if isinstance(verdict, str):
                     out.rejects.append(
-                        Reject(file, line, f"data[{index}]: {verdict}", _raw_text(_dump(element)))
+                        Reject(file, line, f"data[{index}]: {verdict}", raw_text(_dump(element)))
                     )
                 else:
                     out.trades.append(verdict)
             return
         verdict = check_trade(obj, self.inst_id, now_ms)
         if isinstance(verdict, str):
-            out.rejects.append(Reject(file, line, verdict, _raw_text(text)))
+            out.rejects.append(Reject(file, line, verdict, raw_text(text)))
         else:
             out.trades.append(verdict)
 

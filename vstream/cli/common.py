@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from ..assembler import Counters
-from ..errors import ConfigError, VStreamError
-from ..instruments import kind_of
+from ..errors import ConfigError, InputRejectedError, VStreamError
+from ..instruments import VaultPaths, kind_of
 from ..query import parse_time
 from ..settings import TIMEFRAMES, Settings, load_config, make_settings
+from ..state import RunTally
+from ..takeover import TakeOver
 
 T = TypeVar("T")
 
@@ -394,6 +396,28 @@ def summary_line(inst_id: str, before: Counters, after: Counters, seconds: float
     rate = diff["trades"] / seconds if seconds > 0 else 0.0
     fields = " ".join(f"{k}={v}" for k, v in diff.items())
     return f"{inst_id} {fields} seconds={seconds:.2f} trades/s={rate:.0f}"
+
+
+def takeover_notice(paths: VaultPaths, took: TakeOver) -> str:
+    """The one line of a run that took the instrument over from ``volume_analyzer.py``."""
+    moved = " and ".join(str(p) for p in took.paths(paths))
+    return (
+        f"{paths.inst_id}: took over from volume_analyzer.py: its files were moved aside, unchanged, "
+        f"to {moved}; rebuilding {paths.inst_id} from the first raw byte"
+    )
+
+
+def rejects_verdict(paths: VaultPaths, tally: RunTally) -> str | None:
+    """"Nothing silent" (SPEC §7): the one line of a run that rejected more than half of the
+    lines it read (``None`` for a run that did not); :class:`InputRejectedError` (exit 1) for
+    one that rejected them all — how many, the first error, where the rejects file is."""
+    if not tally.most_rejected:
+        return None
+    where = f"(first: {tally.first_error}); see {paths.rejects}"
+    if tally.all_rejected:
+        lines = "the 1 line read was" if tally.lines == 1 else f"all {tally.lines} lines read were"
+        raise InputRejectedError(f"{paths.inst_id}: {lines} rejected {where}")
+    return f"{paths.inst_id}: {tally.rejected} of the {tally.lines} lines read were rejected {where}"
 
 
 def checkpoint_interval() -> float:

@@ -13,7 +13,7 @@ import msgspec
 
 from ..assembler import Bar
 from ..errors import ConfigError
-from ..generate import generate_vault
+from ..generate import LINE_FORMATS, generate_vault
 from ..instruments import VaultPaths
 from ..settings import Settings
 from .common import positive_number, shell_quote
@@ -33,6 +33,11 @@ def register_demo(sub: argparse._SubParsersAction[Any]) -> None:
     demo.add_argument("--vault", metavar="P", help="where to write the sample vault (default: a new temporary folder)")
     demo.add_argument("--hours", type=positive_number, default=6.0, help="hours of trades to generate (6)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (7)")
+    demo.add_argument(
+        "--format", choices=LINE_FORMATS, default="okx", dest="line_format",
+        help="trade lines as OKX sends them (okx), or as the trades exporter writes a vault "
+        "(exporter: its CRLF lines and meta/okx/instruments files)",
+    )  # fmt: skip
 
     demo.set_defaults(handler=run_demo)
 
@@ -101,13 +106,15 @@ async def run_demo(args: argparse.Namespace) -> int:
     if args.vault:
         await asyncio.to_thread(_require_empty, vault)
     report = await asyncio.to_thread(
-        generate_vault, vault, instruments=DEMO_INSTRUMENTS, hours=args.hours, seed=args.seed
+        generate_vault, vault, instruments=DEMO_INSTRUMENTS, hours=args.hours, seed=args.seed,
+        line_format=args.line_format,
     )
     print(f"sample vault: {shell_quote(str(vault))}")
     for inst_id, rep in report.instruments.items():
         print(
             f"  {inst_id}: {rep.trades} trades in {len(rep.files)} day files, "
             f"{rep.bad_lines} bad lines, {rep.control_lines} control messages"
+            + (" (exporter lines)" if args.line_format == "exporter" else "")
         )
     print("replay --final:")
     settings = Settings()

@@ -21,7 +21,7 @@ from .. import _interrupts
 from ..assembler import Counters
 from ..engine import Engine
 from ..errors import ConfigError
-from ..instruments import discover, kind_of
+from ..instruments import VaultPaths, discover, kind_of
 from ..progress import Progress, ProgressSource
 from ..settings import Settings
 from ..sources.replay import ReplaySource, warn_passed_over
@@ -32,10 +32,12 @@ from .common import (
     checkpoint_interval,
     describe,
     print_out,
+    rejects_verdict,
     report,
     run_async,
     settings_of,
     summary_line,
+    takeover_notice,
     vault_of,
 )
 
@@ -69,14 +71,17 @@ async def replay_one(
     strict: bool,
     progress: Progress | None = None,
     given: frozenset[str] | None = None,
+    notices: list[str] | None = None,
     stop: Stop | None = None,
 ) -> str:
     """Catch one instrument up; return its summary line (``progress`` shows how far it got).
 
     ``given`` names the settings the user chose; the instrument's state supplies the others
-    (``None``: all of ``settings`` is chosen). When ``stop`` is asked, the run ends early and
-    cleanly (flushed and checkpointed, resumed by the next run) and the line says what it
-    did so far; asked before it began, it does nothing."""
+    (``None``: all of ``settings`` is chosen). Lines for stderr go to ``notices``: a takeover
+    from volume_analyzer.py, a run that rejected most of its lines (one that rejected all of
+    them raises :class:`~vstream.errors.InputRejectedError`). When ``stop`` is asked, the run
+    ends early and cleanly (flushed and checkpointed, resumed by the next run) and the line
+    says what it did so far; asked before it began, it does nothing."""
     started = time.perf_counter()
     if stop is not None and stop.requested:
         return summary_line(inst_id, Counters(), Counters(), 0.0)
@@ -91,11 +96,20 @@ async def replay_one(
         given=given,
         checkpoint_interval=checkpoint_interval(),
     )
+    paths = VaultPaths.of(vault, inst_id)
+    notices = [] if notices is None else notices
     async with engine:
+        took = engine.took_over(inst_id)
+        if took is not None:
+            notices.append(takeover_notice(paths, took))
         before = msgspec.structs.replace(engine.assembler(inst_id).counters)
         with stop.stops(engine) if stop is not None else contextlib.nullcontext():
             await engine.run()
         after = engine.assembler(inst_id).counters
+        tally = engine.run_tally(inst_id)
+    verdict = rejects_verdict(paths, tally)  # after the engine closed: the rejects are durable
+    if verdict is not None:
+        notices.append(verdict)
     return summary_line(inst_id, before, after, time.perf_counter() - started)
 
 
@@ -169,31 +183,40 @@ def _on_sigint(callback: Callable[[], None]) -> Iterator[None]:
 
 class _Outcome(NamedTuple):
     """What one instrument's replay came to: its summary line (so far, when ``interrupted``),
-    or the failure's message and exit status."""
+    or the failure's message and exit status; and what else it must say (``notices``)."""
 
     line: str | None
     error: str | None = None
     code: int = 0
     interrupted: bool = False
+    notices: tuple[str, ...] = ()
 
 
-def _outcome(result: BaseException | str | _Outcome, inst_id: str, interrupted: bool) -> _Outcome:
+def _outcome(
+    result: BaseException | str | _Outcome, inst_id: str, interrupted: bool, notices: list[str] | None = None
+) -> _Outcome:
+    said = tuple(notices or ())
     if isinstance(result, _Outcome):
         return result
     if isinstance(result, str):
-        return _Outcome(result, code=int(interrupted), interrupted=interrupted)
+        return _Outcome(result, code=int(interrupted), interrupted=interrupted, notices=said)
     if isinstance(result, (KeyboardInterrupt, asyncio.CancelledError)):
         # Never got going (a worker's task cancelled, say): it did nothing this run.
-        return _Outcome(summary_line(inst_id, Counters(), Counters(), 0.0), code=1, interrupted=True)
+        line = summary_line(inst_id, Counters(), Counters(), 0.0)
+        return _Outcome(line, code=1, interrupted=True, notices=said)
     message, code = describe(result, inst_id)
-    return _Outcome(None, message, code)
+    return _Outcome(None, message, code, notices=said)
 
 
-def _report(outcomes: list[_Outcome], interrupted: bool) -> int:
-    """Print each instrument's line (stdout) or failure (stderr), in the order given; an
-    interrupted run then says so once. Returns the exit status."""
+def _report(outcomes: list[_Outcome], interrupted: bool, quiet: bool) -> int:
+    """Print each instrument's notices (stderr, not with ``-q``), then its line (stdout) or
+    failure (stderr), in the order given; an interrupted run then says so once. Returns the
+    exit status."""
     status = 0
     for outcome in outcomes:
+        if not quiet:
+            for text in outcome.notices:
+                print(f"vstream: {text}", file=sys.stderr, flush=True)
         if outcome.line is not None:
             print_out(outcome.line)
         if outcome.error is not None:
@@ -234,12 +257,13 @@ async def _replay_here(
 ) -> int:
     """The instruments side by side in this process."""
     progress = Progress(f"replay {len(inst_ids)} instrument(s)", enabled=False if args.quiet else None)
+    notices: dict[str, list[str]] = {i: [] for i in inst_ids}
     try:
         results = await asyncio.gather(
             *(
                 replay_one(
                     vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict,
-                    progress=progress, given=given, stop=stop,
+                    progress=progress, given=given, notices=notices[i], stop=stop,
                 )
                 for i in inst_ids
             ),
@@ -247,8 +271,8 @@ async def _replay_here(
         )
     finally:
         progress.close()
-    outcomes = [_outcome(r, i, stop.requested) for i, r in zip(inst_ids, results, strict=True)]
-    return _report(outcomes, stop.requested)
+    outcomes = [_outcome(r, i, stop.requested, notices[i]) for i, r in zip(inst_ids, results, strict=True)]
+    return _report(outcomes, stop.requested, args.quiet)
 
 
 async def _replay_parallel(
@@ -304,7 +328,7 @@ async def _replay_parallel(
             relay.join(5)
         progress.close()
     outcomes = [_outcome(r, i, stop.requested) for i, r in zip(inst_ids, results, strict=True)]
-    return _report(outcomes, stop.requested)
+    return _report(outcomes, stop.requested, args.quiet)
 
 
 @contextlib.contextmanager
@@ -422,16 +446,18 @@ def _replay_worker(
     rebuild: bool,
     strict: bool,
 ) -> _Outcome:
-    """Worker-process entry of ``replay``: its outcome, reported by the parent."""
+    """Worker-process entry of ``replay``: its outcome (notices included), which the parent
+    reports."""
     logging.basicConfig(level=logging.WARNING, format="vstream: %(message)s", stream=sys.stderr)
+    notices: list[str] = []
     try:
         relay = _RelayProgress(_progress_queue) if _progress_queue is not None else None
         line = run_async(
             lambda: replay_one(
                 Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
-                progress=relay, given=given, stop=_worker_stop,
+                progress=relay, given=given, notices=notices, stop=_worker_stop,
             )
         )
     except BaseException as exc:  # reported by the parent, like an in-process failure
-        return _outcome(exc, inst_id, False)
-    return _outcome(line, inst_id, _worker_stop.requested)
+        return _outcome(exc, inst_id, False, notices)
+    return _outcome(line, inst_id, _worker_stop.requested, notices)

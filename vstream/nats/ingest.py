@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..errors import ConfigError, SourceError
+from ..formats import wire_lines
 from ..instruments import VaultPaths
 from ..sources import Batch
 from ..sources.replay import ReplaySource, day_files
@@ -57,8 +58,8 @@ _encoder = msgspec.json.Encoder()
 
 
 def encode_trades(trades: Iterable[Trade]) -> bytes:
-    """The body of a trades message: one flat trade object per line."""
-    return _encoder.encode_lines(list(trades))
+    """One JSON line per trade, as the workers' decoder reads them back (any line format)."""
+    return wire_lines(list(trades))
 
 
 def trade_number(trade: Trade) -> int | None:

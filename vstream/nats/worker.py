@@ -344,7 +344,11 @@ class NatsWorker:
 
     async def _work(self, inst_id: str) -> None:
         running = self.running[inst_id]
-        instrument = resolve(inst_id, self.settings.ct_val, await self._instrument_cache(inst_id))
+        # No contract value anywhere: trades that carry their own (from exporter lines)
+        # convert themselves, and one without stops this instrument with the clear error.
+        instrument = resolve(
+            inst_id, self.settings.ct_val, await self._instrument_cache(inst_id), required=False
+        )
         subject = ckpt_subject(inst_id)
         # Load and take over (retry if the previous owner wrote in between).
         for _attempt in range(10):

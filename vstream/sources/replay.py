@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..errors import ConfigError, RejectError, SourceError, StateError
+from ..formats import Format, sniff_file
 from ..instruments import DAY_FILE, Kind, VaultPaths, kind_of
 from ..state import FilePos
 from ..trades import LineDecoder, Reject
@@ -174,6 +175,16 @@ def input_files(paths: VaultPaths) -> list[tuple[str, Path]]:
     raise ConfigError(f"{paths.inst_id}: no trade files in {paths.raw_dir} ({what})")
 
 
+def vault_format(raw_dir: Path) -> Format | None:
+    """The line format an instrument's trade files are in: that of the newest file with a
+    line of either format (None while there is none)."""
+    for _day, path in reversed(day_files(raw_dir)):
+        found = sniff_file(path)
+        if found is not None:
+            return found
+    return None
+
+
 class ReplaySource:
     """Reads ``raw/okx/trades_*/{INSTID}/{DATE}.jsonl[.gz]`` in name order, in chunks.
 
@@ -230,6 +241,11 @@ class ReplaySource:
         """
         if not self.missing_ok:
             input_files(self.paths)
+
+    def carries_contracts(self, inst_id: str) -> bool:
+        """Whether the instrument's trade lines may carry their own ctVal (they are
+        exporter lines): it then needs no contract value of its own (blocking I/O)."""
+        return inst_id == self.inst_id and vault_format(self.paths.raw_dir) == "exporter"
 
     def _list(self) -> list[tuple[str, Path]]:
         files = day_files(self.paths.raw_dir) if self.missing_ok else input_files(self.paths)
