@@ -19,8 +19,8 @@ from ..errors import ConfigError, RejectError, SourceError, StateError
 from ..formats import Format, sniff_file
 from ..instruments import DAY_FILE, Kind, VaultPaths, kind_of
 from ..state import FilePos
-from ..trades import LineDecoder, Reject
-from . import Batch
+from ..trades import Decoded, LineDecoder, Reject
+from . import Batch, late_marks
 
 log = logging.getLogger("vstream")
 
@@ -199,6 +199,10 @@ class ReplaySource:
     An instrument with no trade files (or a vault that does not exist) is a
     :class:`ConfigError`, raised by :meth:`check_input` and on iteration; ``missing_ok`` (for a
     recorder that is about to create the first file) makes that an empty input instead.
+
+    The trades of an exporter-format recording that live found late only by the wall clock,
+    named in the instrument's late marks (:mod:`vstream.sources.late_marks`), are dropped and
+    counted as skipped: they are in no bar live made either.
     """
 
     live = False
@@ -228,6 +232,7 @@ class ReplaySource:
         self._closed = False
         self._torn = 0  # bytes of the unterminated last line the file just read ended with
         self._warned_ignored = False
+        self._marks: dict[str, dict[int, str]] = {}  # late marks: {day: {offset: tradeId}}
 
     @property
     def inst_ids(self) -> tuple[str, ...]:
@@ -275,6 +280,8 @@ class ReplaySource:
 
     async def _iterate(self) -> AsyncIterator[Batch]:
         files = await asyncio.to_thread(self._list)
+        marks = await asyncio.to_thread(late_marks.read, self.paths.late_marks)
+        self._marks = late_marks.by_day(marks)
         present = {day for day, _ in files}
         for day, pos in self._files.items():
             if day not in present and pos.offset > 0:
@@ -504,6 +511,9 @@ class ReplaySource:
             start=start,
             end=stop,
         )
+        marks = self._marks.get(pos.name[:10])
+        if marks:
+            self._drop_marked(decoded, marks, offset, offset + stop - start)
         if batch.trades:
             batch.trades += decoded.trades
         else:
@@ -511,6 +521,16 @@ class ReplaySource:
         batch.rejects += decoded.rejects
         batch.skipped += decoded.skipped
         return line_no + (1 if bom_only else decoded.lines)
+
+    @staticmethod
+    def _drop_marked(decoded: Decoded, marks: Mapping[int, str], lo: int, hi: int) -> None:
+        """Drop the trades of lines from byte ``lo`` to ``hi`` that have a late mark."""
+        ids = {tid for offset, tid in marks.items() if lo <= offset < hi}
+        if not ids:
+            return
+        kept = [t for t in decoded.trades if t.tradeId not in ids]
+        decoded.skipped += len(decoded.trades) - len(kept)
+        decoded.trades = kept
 
     @staticmethod
     def _too_long(pos: FilePos, line_no: int, head: bytes) -> Reject:
