@@ -261,6 +261,35 @@ def test_status_of_a_missing_vault(tmp_path: Path, run_cli: RunCli) -> None:
     assert status == 2 and "does not exist" in err
 
 
+@pytest.mark.parametrize("given", ["parent", "derived", "derived/volume/okx", "elsewhere"])
+def test_status_of_a_folder_that_is_not_a_vault_is_a_usage_error(
+    replayed: Path, tmp_path: Path, run_cli: RunCli, given: str
+) -> None:
+    # Not "no instruments" and exit 0, which a health check reads as fine: the folder named
+    # (the vault's parent, its derived/ folder, ...) holds none of what a vault holds.
+    folder = {"parent": replayed.parent, "elsewhere": tmp_path}.get(given) or replayed / given
+    status, out, err = run_cli("status", "--vault", str(folder), "--no-remember")
+    assert status == 2 and out == "", err
+    assert len(err.splitlines()) == 1, err
+    assert f"{folder} is not a vault" in err
+    for part in ("raw/okx/trades_*", "derived/volume", "state/volume"):
+        assert part in err
+    if given == "elsewhere":
+        assert "did you mean" not in err
+    else:
+        assert f"did you mean {replayed}?" in err
+    status, _, err = run_cli("status", "--vault", str(folder), "--instId", BTC, "--no-remember")
+    assert status == 2 and "is not a vault" in err
+
+
+def test_status_of_a_vault_with_no_instruments_yet(tmp_path: Path, run_cli: RunCli) -> None:
+    vault = tmp_path / "Vault"
+    (vault / "raw" / "okx" / "trades_perps").mkdir(parents=True)  # the exporter has not written yet
+    status, out, err = run_cli("status", "--vault", str(vault), "--no-remember")
+    assert status == 0, err
+    assert out == f"no instruments in vault {vault} yet (no trade files in raw/okx/trades_*/INSTID/, no replay states)\n"
+
+
 def test_status_flags_an_instrument_without_trade_files(copy: Path, run_cli: RunCli) -> None:
     # A state with no input beside it (a vault mistyped by an older version, or raw files
     # moved away): replay of it fails, so status must not call it healthy.

@@ -554,7 +554,7 @@ def test_the_takeover_on_the_traders_own_vault_format(tmp_path: Path, run_cli: A
     paths.state.write_bytes(old_state())
     paths.derived_dir.mkdir(parents=True, exist_ok=True)
     paths.output().write_bytes(old_output(newline="\r\n"))
-    status, out, err = run_cli("replay", "--instId", BTC, "--vault", str(vault))
+    status, _, err = run_cli("replay", "--instId", BTC, "--vault", str(vault))
     assert status == 0, err
     assert err.count("\n") == 1 and "volume_analyzer" in err, err
     assert run_cli("replay", "--instId", BTC, "--vault", str(vault), "--final")[0] == 0

@@ -26,7 +26,7 @@ from .errors import ConfigError, StateError
 from .instruments import Kind, VaultPaths, discover, kind_of
 from .levels import POOR_HIGH, POOR_LOW, untouched_marks
 from .settings import TIMEFRAMES
-from .sources.replay import day_files
+from .sources.replay import day_files, describe_ignored, ignored_files
 from .state import State, read_state, write_atomic
 from .takeover import would_take_over
 
@@ -391,9 +391,16 @@ def _last_line(path: Path, limit: int) -> bytes | None:
 
 
 def known_instruments(vault: Path) -> list[str]:
-    """Instruments with a state file (replay's or sink-jsonl's) or trade files in the vault."""
+    """Instruments with a state file (replay's or sink-jsonl's) or trade files in the vault
+    (files replay would not read included, so that status can point at them)."""
     found = set(discover(vault))
     for kind in Kind:
+        raw = vault / "raw" / "okx" / f"trades_{kind.folder}"
+        with contextlib.suppress(OSError):
+            for child in raw.iterdir():
+                with contextlib.suppress(ConfigError):
+                    if child.name not in found and kind_of(child.name) is kind and ignored_files(child):
+                        found.add(child.name)
         folder = vault / "state" / "volume" / "okx" / kind.folder
         if folder.is_dir():
             for child in [*folder.glob("*.state.json"), *folder.glob("*.nats-sink.json")]:
@@ -438,6 +445,12 @@ def instrument_status(
     """Check one instrument: state readable, outputs consistent, lag, rejects since last time."""
     paths = VaultPaths.of(vault, inst_id)
     status = InstrumentStatus(inst_id)
+    ignored = ignored_files(paths.raw_dir)
+    if ignored:
+        status.problems.append(
+            f"replay does not read {len(ignored)} file(s) in {paths.raw_dir}, not named "
+            f"YYYY-MM-DD.jsonl or .jsonl.gz: {describe_ignored(ignored)}"
+        )
     if not paths.state.exists() and _sink_status(paths, status, now, max_lag):
         return status
     if not paths.state.exists():

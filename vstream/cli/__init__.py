@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from .. import _interrupts
 from .chart import register_chart
 from .common import PIPE_CLOSED_EXIT, Parser, package_version, report, run_async, stdout_closed
 from .demo import register_demo
@@ -104,6 +105,8 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     try:
+        if not getattr(args, "releases_interrupts", False):
+            _interrupts.release()  # a Ctrl-C held back while the commands loaded ends the run here
         return run_async(lambda: handler(args))
     except KeyboardInterrupt:
         return report(KeyboardInterrupt())

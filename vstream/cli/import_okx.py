@@ -9,7 +9,7 @@ from typing import Any
 from ..archive import ARCHIVE_COLUMNS, import_archives
 from ..formats import FORMATS
 from ..progress import Progress
-from .common import add_vault_option, print_out, vault_of
+from .common import add_vault_option, instrument_id, print_out, vault_of
 
 
 def register_import_okx(sub: Any) -> None:
@@ -22,7 +22,7 @@ def register_import_okx(sub: Any) -> None:
     )
     p.add_argument("archives", nargs="+", metavar="FILE", help="archive .zip or .csv files")
     add_vault_option(p)
-    p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID",
+    p.add_argument("--instId", dest="inst_ids", action="append", type=instrument_id, metavar="ID",
                    help="only rows of this instrument (repeatable; default: every instrument in the files)")
     p.add_argument("--columns", metavar="A,B,...",
                    help=f"column order of files without a header (default {','.join(ARCHIVE_COLUMNS)})")

@@ -33,6 +33,7 @@ from .common import (
     add_settings_options,
     add_vault_option,
     checkpoint_interval,
+    instrument_id,
     positive_number,
     settings_of,
     stdout_closed,
@@ -56,7 +57,7 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
         "closes and append it to the vault, like replay does.",
     )
     live.add_argument(
-        "--instId", dest="inst_ids", action="append", required=True, metavar="ID",
+        "--instId", dest="inst_ids", action="append", type=instrument_id, required=True, metavar="ID",
         help="instrument, repeatable",
     )
     add_vault_option(live)

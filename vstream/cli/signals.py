@@ -24,7 +24,7 @@ from ..query import (
     signal_row,
 )
 from ..settings import TIMEFRAMES
-from .common import add_instruments_option, add_vault_option, bar_count, time_range, vault_of
+from .common import add_instruments_option, add_vault_option, bar_count, existing_vault, time_range
 
 
 def _tiers(text: str) -> list[str]:
@@ -84,7 +84,7 @@ def _price(text: str) -> Decimal:
 
 
 def _signals(args: Any) -> int:
-    vault = vault_of(args)
+    vault = existing_vault(args)
     now = time.time()
     if args.all:
         inst_ids = [i for i in known_instruments(vault) if VaultPaths.of(vault, i).output(args.timeframe).exists()]
