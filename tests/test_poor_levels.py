@@ -134,9 +134,9 @@ def test_poor_min_usd_is_validated_and_read_from_config_and_command_line(tmp_pat
     from vstream.cli import build_parser
     from vstream.cli.common import settings_of
 
-    got, given = settings_of(build_parser().parse_args(["replay", "--instId", "X", "--poor-min-usd", "1e4"]))
+    got, given = settings_of(build_parser().parse_args(["replay", "--instId", "BTC-USDT-SWAP", "--poor-min-usd", "1e4"]))
     assert got.poor_min_usd == 10_000 and "poor_min_usd" in given
-    got, given = settings_of(build_parser().parse_args(["replay", "--instId", "X"]))
+    got, given = settings_of(build_parser().parse_args(["replay", "--instId", "BTC-USDT-SWAP"]))
     assert got.poor_min_usd == 0 and "poor_min_usd" not in given
 
 
