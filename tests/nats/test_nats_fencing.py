@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from nats_support import bar_lines, local_output, read_subjects, replay_final, wait_for
 
+from vstream.errors import LeaseLostError
 from vstream.generate import generate_vault
 from vstream.instruments import resolve
 from vstream.nats.batch import FencedError, last_message, publish_batch
@@ -70,7 +71,7 @@ async def test_a_worker_whose_lease_expired_gives_the_instrument_up(nc: Any, tmp
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     a = NatsWorker(nc, settings, worker_id="A", lease_ttl=ttl, checkpoint_interval=0.05, clock=clock_a)
     task_a = asyncio.create_task(a.run(stop_a))
-    await wait_for(lambda: a.bars > 0, 10, "A's first bars")
+    await wait_for(lambda: a.bars > 0, what="A's first bars")
     stopped_at.append(time.time())
     leases, _ = await lease_buckets(nc.jetstream(), ttl=ttl)
     b = NatsWorker(nc, settings, worker_id="B", lease_ttl=ttl, checkpoint_interval=0.05)
@@ -83,10 +84,10 @@ async def test_a_worker_whose_lease_expired_gives_the_instrument_up(nc: Any, tmp
                 return False
             return entry.value is not None and b'"owner":"B"' in entry.value
 
-        await wait_for(owned_by_b, ttl + 5, "B to own the instrument")
+        await wait_for(owned_by_b, what="B to own the instrument")
         # More trades arrive: A's task (still running) tries to write and is refused.
         await publish_vault(nc, vault, BTC, final=True, chunk_bytes=16 << 10)
-        await wait_for(lambda: BTC in a.lost, 10, "A to notice")
+        await wait_for(lambda: BTC in a.lost, what="A to notice")
         assert BTC not in a.running
         assert BTC not in a.book.held
     finally:
@@ -121,3 +122,25 @@ async def test_many_instruments_commit_at_once(nc: Any) -> None:
 
     counts = await asyncio.gather(*(one(k) for k in range(300)))
     assert counts == [2] * 300
+
+
+async def test_a_worker_writes_nothing_once_its_lease_ran_out_locally(nc: Any) -> None:
+    """A worker woken from a pause (its clock past the lease) before its lease loop ran: the
+    next batch is not sent at all — not merely left to the fence, which would store it if
+    the new owner had not written its takeover checkpoint yet."""
+    await ensure_streams(nc.jetstream())
+    now = [time.time()]
+    worker = NatsWorker(nc, Settings(), worker_id="A", lease_ttl=2.0, clock=lambda: now[0])
+    core = InstrumentCore(resolve(BTC), Settings(), owner="A")
+    worker.book.acquired(BTC, 1, now[0])
+    fence = await worker._publish(core, [Step([], core.checkpoint())], 0)
+    assert fence > 0  # a valid lease: written
+    now[0] += 2.0  # the last renewal was sent a TTL ago: the server may have dropped the key
+    steps = core.feed(1, [make_trade(1, "100", 1, ts=T0), make_trade(2, "101", 1, ts=T0 + MINUTE)])
+    assert steps[-1].bars
+    with pytest.raises(LeaseLostError, match="expired"):
+        await worker._publish(core, steps, fence)
+    last = await last_message(nc, BARS_STREAM, ckpt_subject(BTC))
+    assert last is not None and last[0] == fence  # nothing was stored after the first write
+    assert await read_subjects(nc, BARS_STREAM, "vstream.bars.>") == []
+

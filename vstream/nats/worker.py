@@ -359,6 +359,8 @@ class NatsWorker:
             try:
                 fence = await self._publish(core, [Step([], core.checkpoint(self._ms()))], fence)
             except LeaseLostError:
+                if not self.book.valid(inst_id, self.clock()):
+                    raise  # the lease itself is gone: no point in trying again
                 continue
             break
         else:
@@ -371,8 +373,20 @@ class NatsWorker:
         return int(self.clock() * 1000)
 
     async def _publish(self, core: InstrumentCore, steps: list[Step], fence: int) -> int:
-        """Publish ``steps`` in order, each fenced on the previous; the new fence."""
+        """Publish ``steps`` in order, each fenced on the previous; the new fence.
+
+        Nothing is sent for an instrument whose lease this worker cannot know to be valid (its
+        last renewal was sent ``lease_ttl`` or more ago): a worker that was paused, or whose
+        lease loop fell behind, may no longer own it. (The fence still refuses a batch sent
+        just before such a pause and stored after another worker took over.)
+        """
         for step in steps:
+            if not self.book.valid(core.inst_id, self.clock()):
+                log.warning(
+                    "%s: the lease of %s was not renewed within %g s; giving it up without writing",
+                    self.worker_id, core.inst_id, self.book.ttl,
+                )
+                raise LeaseLostError(f"{core.inst_id}: the lease expired")
             try:
                 ack = await publish_batch(
                     self.nc,
