@@ -9,15 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats_support import bar_lines, local_output, read_subjects, replay_final, wait_for
+from nats_support import bar_lines, leases_of, local_output, read_subjects, replay_final, wait_for
 
-from vstream.errors import LeaseLostError
+from vstream.errors import ConfigError, LeaseLostError
 from vstream.generate import generate_vault
 from vstream.instruments import resolve
-from vstream.nats.batch import FencedError, last_message, publish_batch
-from vstream.nats.connect import BARS_STREAM, ckpt_subject, ensure_streams, lease_buckets
+from vstream.nats.batch import FencedError, Message, last_message, publish_batch, publish_one
+from vstream.nats.connect import (
+    BARS_STREAM,
+    ckpt_subject,
+    ensure_streams,
+    lease_buckets,
+    trades_subject,
+)
 from vstream.nats.core import InstrumentCore, Step, decode_checkpoint
-from vstream.nats.ingest import publish_vault
+from vstream.nats.ingest import encode_trades, publish_vault
 from vstream.nats.worker import NatsWorker
 from vstream.settings import Settings
 from vstream.testing import make_trade
@@ -144,3 +150,17 @@ async def test_a_worker_writes_nothing_once_its_lease_ran_out_locally(nc: Any) -
     assert last is not None and last[0] == fence  # nothing was stored after the first write
     assert await read_subjects(nc, BARS_STREAM, "vstream.bars.>") == []
 
+
+async def test_a_worker_stopping_on_an_instrument_error_releases_its_lease(nc: Any) -> None:
+    """A checkpoint made with other settings stops the worker (exit 2); the instrument's lease
+    is deleted on the way out, so a correctly set worker need not wait for it to expire."""
+    await ensure_streams(nc.jetstream())
+    other = InstrumentCore(resolve(BTC), Settings(whale_usd=5.0), owner="old")
+    await publish_batch(nc, Step([], other.checkpoint()).messages(), fence=(ckpt_subject(BTC), 0))
+    body = encode_trades([make_trade(1, "100", 1, ts=T0)])
+    await publish_one(nc, Message(trades_subject(BTC), body, {}))
+    leases, _ = await lease_buckets(nc.jetstream(), ttl=60.0)
+    worker = NatsWorker(nc, Settings(), worker_id="w", lease_ttl=60.0)
+    with pytest.raises(ConfigError, match="other settings"):
+        await worker.run(asyncio.Event())
+    assert await leases_of(leases) == {}  # released, not left to expire in 60 s

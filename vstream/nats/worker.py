@@ -258,9 +258,11 @@ class NatsWorker:
                     self._fatal = failure
                 elif failure is not None:
                     log.warning("%s: %s", inst_id, failure)
-                    if held is not None:
-                        with contextlib.suppress(Exception):
-                            await self._leases.delete(inst_id, last=held.revision)
+                if failure is not None and held is not None:
+                    # Released (fenced on its revision): another worker need not wait for
+                    # the lease to expire, even when this one stops for good.
+                    with contextlib.suppress(Exception):
+                        await self._leases.delete(inst_id, last=held.revision)
 
     async def _announce(self, now: float) -> None:
         assert self._workers is not None
