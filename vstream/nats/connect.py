@@ -91,6 +91,56 @@ def check_server_version(version: str, url: str = "") -> None:
         )
 
 
+#: URL schemes nats-py connects with: plain TCP, TLS, and websockets (these need aiohttp).
+NATS_SCHEMES = ("nats", "tls")
+WEBSOCKET_SCHEMES = ("ws", "wss")
+URL_HINT = "use nats://HOST:PORT"
+
+
+def check_servers(url: str, what: str = "NATS server URL") -> list[str]:
+    """The server URLs of ``url`` (comma-separated), each one nats-py can connect to.
+
+    ``nats://`` and ``tls://`` are accepted, ``ws://`` and ``wss://`` when aiohttp (which
+    nats-py needs for them) is installed, and a bare ``HOST[:PORT]``, which nats-py reads as
+    ``nats://`` (port 4222 by default). Anything else — ``http://...``, a URL without a
+    host, a port that is not a number, websockets mixed with the others — is a
+    :class:`ConfigError` naming ``what`` (``--nats`` on the command line).
+    """
+    from urllib.parse import urlsplit
+
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise ConfigError(f"{what} is empty ({URL_HINT})")
+    kinds = set()
+    for server in servers:
+        scheme, sep, _ = server.partition("://")
+        if not sep:
+            scheme, server_url = "nats", f"nats://{server}"
+        elif scheme in NATS_SCHEMES or scheme in WEBSOCKET_SCHEMES:
+            server_url = server
+        else:
+            raise ConfigError(f"{what}: {server!r} is not a nats:// URL ({URL_HINT})")
+        try:
+            parts = urlsplit(server_url)
+            host, _port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{what}: {server!r} is not a valid URL ({exc}; {URL_HINT})") from None
+        if not host:
+            raise ConfigError(f"{what}: {server!r} names no host ({URL_HINT})")
+        if scheme in WEBSOCKET_SCHEMES:
+            import importlib.util
+
+            if importlib.util.find_spec("aiohttp") is None:
+                raise ConfigError(
+                    f"{what}: {server!r} is a websocket URL, which nats-py reaches through aiohttp: "
+                    f"pip install aiohttp (or {URL_HINT})"
+                )
+        kinds.add(scheme in WEBSOCKET_SCHEMES)
+    if len(kinds) > 1:
+        raise ConfigError(f"{what}: {url!r} mixes websocket and nats:// URLs; nats-py takes one kind")
+    return servers
+
+
 def require_nats() -> Any:
     """The ``nats`` module, or :class:`ConfigError` naming the extra to install."""
     try:
@@ -113,13 +163,12 @@ def translate(exc: BaseException, doing: str) -> VStreamError:
 async def connect(url: str, *, name: str = "vstream", connect_wait: float = 5.0) -> Client:
     """Connect to ``url`` (comma-separated for a cluster), check the server, return the client.
 
-    A server older than 2.12 or without JetStream is a :class:`ConfigError`; an unreachable one
-    a :class:`SourceError`. The client reconnects by itself afterwards.
+    A URL nats-py cannot use (:func:`check_servers`), a server older than 2.12 or without
+    JetStream is a :class:`ConfigError`; an unreachable one a :class:`SourceError`. The client
+    reconnects by itself afterwards.
     """
+    servers = check_servers(url)
     nats = require_nats()
-    servers = [u.strip() for u in url.split(",") if u.strip()]
-    if not servers:
-        raise ConfigError("--nats needs a server URL, e.g. nats://127.0.0.1:4222")
 
     async def quiet(_exc: Exception) -> None:
         # Reconnects are the client's business; failures surface as errors of the calls.
