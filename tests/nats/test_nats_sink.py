@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nats_support import local_output, wait_for
+from nats_support import PATIENCE, local_output, wait_for
 
 from vstream.cli import main
 from vstream.generate import generate_vault
@@ -230,3 +230,60 @@ async def test_a_bars_stream_created_again_is_noticed(nats_server: Any, nc: Any,
     assert await cli("sink-jsonl", "--nats", url, "--vault", str(out), "--instId", BTC) == 2
     assert await cli("sink-jsonl", "--nats", url, "--vault", str(out), "--instId", BTC, "--rebuild") == 0
     assert outputs(out, BTC) == outputs(local, BTC)
+
+
+async def test_all_against_a_stream_without_bars_says_so(
+    nats_server: Any, nc: Any, tmp_path: Path, capsys: Any
+) -> None:
+    """No bar in the stream (only a worker's checkpoint): one line on stderr, exit 1."""
+    from vstream.instruments import resolve
+    from vstream.nats.batch import publish_batch
+    from vstream.nats.connect import ckpt_subject
+    from vstream.nats.core import InstrumentCore, Step
+
+    await ensure_streams(nc.jetstream())
+    out = tmp_path / "Sunk"
+    for with_checkpoint in (False, True):  # an empty stream, then one holding only a checkpoint
+        if with_checkpoint:
+            core = InstrumentCore(resolve(BTC), Settings(), owner="w")
+            await publish_batch(nc, Step([], core.checkpoint()).messages(), fence=(ckpt_subject(BTC), 0))
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, ["sink-jsonl", "--nats", nats_server.url, "--vault", str(out), "--all"])
+        captured = capsys.readouterr()
+        assert code == 1, captured.err
+        assert captured.err == "vstream: no bars in stream VSTREAM_BARS yet (no worker has finished one): nothing to write\n"
+        assert captured.out == ""
+    assert not out.exists() or not any(out.rglob("*.jsonl"))
+
+
+async def test_all_follow_against_a_stream_without_bars_says_so_and_waits(
+    nats_server: Any, nc: Any, tmp_path: Path
+) -> None:
+    """With --follow the line is said once, the sink writes the first bars when they come, and
+    SIGINT ends it with exit 0."""
+    local = tmp_path / "Local"
+    generate_vault(local, instruments=(BTC,), hours=1, seed=3)
+    await replay_final(local, BTC)
+    lines = local_output(local, BTC, "1m").splitlines(keepends=True)
+    await ensure_streams(nc.jetstream())
+    out = tmp_path / "Sunk"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vstream", "sink-jsonl", "--nats", nats_server.url, "--vault", str(out),
+        "--all", "--follow", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    path = VaultPaths.of(out, BTC).output("1m")
+    try:
+        # The line is the behaviour under test, and no bar exists until it has been said.
+        first = await asyncio.wait_for(process.stderr.readline(), PATIENCE)
+        assert first == b"vstream: no bars in stream VSTREAM_BARS yet; following it for the first ones\n"
+        js = nc.jetstream()
+        for line in lines[:3]:
+            await js.publish(bars_subject(BTC, "1m"), line.rstrip(b"\n"))
+        await wait_for(lambda: path.exists() and path.read_bytes() == b"".join(lines[:3]), what="the first bars")
+    finally:
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), PATIENCE)
+    assert process.returncode == 0, stderr
+    assert stderr == b""  # said once
+    assert stdout.decode().startswith(f"{BTC} bars=3 (1m=3)")

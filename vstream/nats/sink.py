@@ -30,7 +30,7 @@ import filelock
 import msgspec
 
 from ..assembler import Bar
-from ..errors import ConfigError, SinkError, StateError
+from ..errors import ConfigError, SinkError, SourceError, StateError
 from ..instruments import VaultPaths
 from ..settings import TIMEFRAMES
 from ..state import take_instrument, write_atomic
@@ -319,7 +319,11 @@ async def run_sinks(
     report: Any = None,
 ) -> list[tuple[str, SinkSummary | BaseException]]:
     """Run one sink per instrument (``None``: every instrument in the stream, rescanned every
-    ``rescan`` seconds while following). ``report(inst_id, result)`` hears each one end."""
+    ``rescan`` seconds while following). ``report(inst_id, result)`` hears each one end.
+
+    With ``None`` and no bar in the stream at all: a :class:`SourceError` without ``follow``;
+    with it, a warning, and the sinks start as the first bars come.
+    """
     tasks: dict[str, asyncio.Task[SinkSummary]] = {}
     results: list[tuple[str, SinkSummary | BaseException]] = []
 
@@ -336,8 +340,18 @@ async def run_sinks(
         task.add_done_callback(failed)
         tasks[inst] = task
 
-    for inst in inst_ids if inst_ids is not None else await bar_instruments(nc):
-        start(inst)
+    if inst_ids is None:
+        found = await bar_instruments(nc)
+        if not found:
+            # Nothing silent: an empty stream is said, and without follow it is a failure.
+            if not follow:
+                raise SourceError(f"no bars in stream {BARS_STREAM} yet (no worker has finished one): nothing to write")
+            log.warning("no bars in stream %s yet; following it for the first ones", BARS_STREAM)
+        for inst in found:
+            start(inst)
+    else:
+        for inst in inst_ids:
+            start(inst)
     try:
         while True:
             running = [t for t in tasks.values() if not t.done()]
