@@ -119,14 +119,12 @@ async def wait_for(
 
 async def leases_of(leases: Any) -> dict[str, tuple[str, int]]:
     """``instId -> (owner, revision)`` of the live keys of ``VSTREAM_LEASES``."""
-    from nats.js.errors import KeyNotFoundError, NoKeysError
+    from nats.js.errors import KeyNotFoundError
+
+    from vstream.nats.connect import LEASES_BUCKET, live_keys
 
     out: dict[str, tuple[str, int]] = {}
-    try:
-        keys = await leases.keys()
-    except NoKeysError:
-        return out
-    for key in keys:
+    for key in await live_keys(leases._js, LEASES_BUCKET):
         try:
             entry = await leases.get(key)
         except KeyNotFoundError:
@@ -143,17 +141,16 @@ async def owners(leases: Any) -> dict[str, str]:
 
 async def worker_records(nc: Any) -> dict[str, dict[str, Any]]:
     """``worker id -> record`` of the live keys of ``VSTREAM_WORKERS`` (with its ``revision``)."""
-    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+    from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
-    from vstream.nats.connect import WORKERS_BUCKET
+    from vstream.nats.connect import WORKERS_BUCKET, live_keys
 
     try:
         kv = await nc.jetstream().key_value(WORKERS_BUCKET)
-        keys = await kv.keys()
-    except (BucketNotFoundError, NoKeysError):
+    except BucketNotFoundError:
         return {}
     out: dict[str, dict[str, Any]] = {}
-    for key in keys:
+    for key in await live_keys(nc.jetstream(), WORKERS_BUCKET):
         try:
             entry = await kv.get(key)
         except KeyNotFoundError:

@@ -105,3 +105,35 @@ async def test_cluster_status_owners_lag_and_workers(
 async def test_cluster_status_usage_errors(nats_server: Any) -> None:
     assert await asyncio.to_thread(main, ["cluster-status", "--nats", nats_server.url, "--max-lag", "soon"]) == 2
     assert await asyncio.to_thread(main, ["cluster-status", "--nats", nats_server.url, "--instId", "A.B"]) == 2
+
+
+async def test_lease_rounds_and_status_leave_no_consumer_on_the_buckets(
+    nats_server: Any, nc: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Listing a bucket's keys every round must not leave a consumer behind each time (nats-py's
+    KeyValue.keys() leaves its watcher's for five minutes: hundreds, then the server's limit)."""
+    from nats_support import worker_records
+
+    from vstream.nats.connect import LEASES_BUCKET, WORKERS_BUCKET, trades_subject
+
+    await ensure_streams(nc.jetstream())
+    await nc.jetstream().publish(trades_subject(BTC), b"")
+    worker = NatsWorker(nc, Settings(), worker_id="w", lease_ttl=0.6)  # a round every 0.1 s
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        first = (await wait_for(lambda: worker_records(nc), what="the worker's record"))["w"]["revision"]
+
+        async def many_rounds() -> bool:
+            record = (await worker_records(nc)).get("w")
+            return record is not None and record["revision"] >= first + 20
+
+        await wait_for(many_rounds, what="twenty writes to the buckets", seen=lambda: worker_records(nc))
+        await status(capsys, nats_server.url)
+    finally:
+        stop.set()
+        await task
+    js = nc.jetstream()
+    for bucket in (LEASES_BUCKET, WORKERS_BUCKET):
+        info = await js.stream_info(f"KV_{bucket}")
+        assert info.state.consumer_count == 0, (bucket, [c.name for c in await js.consumers_info(f"KV_{bucket}")])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, SourceError, VStreamError
@@ -302,3 +303,62 @@ async def instruments_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyV
             )
     except Exception as exc:
         raise translate(exc, f"opening bucket {INSTRUMENTS_BUCKET}") from exc
+
+
+#: Seconds a key-listing consumer outlives a lister that died before deleting it.
+_LISTING_LINGER = 10.0
+
+
+async def live_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys of key-value bucket ``bucket`` that hold a value (not deleted or purged).
+
+    nats-py's ``KeyValue.keys()`` lists through a watcher whose consumer stays on the server
+    for five minutes after use: a worker listing its buckets every round piled up hundreds of
+    them, until the server refused more ("maximum consumers limit reached") and the worker's
+    rounds, renewals included, failed. This reads the last message of each key (headers only)
+    with a pull consumer deleted right after (and dropped by the server within
+    ``_LISTING_LINGER`` seconds should this process die first).
+    """
+    import nats.errors
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
+
+    stream = f"KV_{bucket}"
+    prefix = f"$KV.{bucket}."
+    name = "vstream-keys-" + secrets.token_hex(6)
+    config = ConsumerConfig(
+        name=name, filter_subject=prefix + ">", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE, headers_only=True, mem_storage=True, num_replicas=1,
+        inactive_threshold=_LISTING_LINGER,
+    )
+    try:
+        info = await js.add_consumer(stream, config)
+    except NotFoundError:
+        return []  # no bucket, no keys
+    keys: list[str] = []
+    try:
+        pending = int(info.num_pending or 0)
+        if pending == 0:
+            return keys
+        sub = await js.pull_subscribe_bind(name, stream=stream)
+        try:
+            seen = 0
+            while seen < pending:
+                try:
+                    msgs = await sub.fetch(min(pending - seen, 256), timeout=2.0)
+                except nats.errors.TimeoutError:
+                    break  # the rest expired since the consumer was made
+                for msg in msgs:
+                    operation = (msg.headers or {}).get("KV-Operation", "")
+                    if operation not in ("DEL", "PURGE") and msg.subject.startswith(prefix):
+                        keys.append(msg.subject[len(prefix):])
+                seen += len(msgs)
+                if msgs and msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
+    return keys

@@ -41,12 +41,14 @@ from ..trades import LineDecoder
 from .batch import FencedError, last_message, publish_batch
 from .connect import (
     BARS_STREAM,
+    LEASES_BUCKET,
     TRADES_PREFIX,
     TRADES_STREAM,
     WORKERS_BUCKET,
     ckpt_subject,
     ensure_streams,
     lease_buckets,
+    live_keys,
     trades_subject,
     translate,
 )
@@ -200,13 +202,8 @@ class NatsWorker:
         subjects = info.state.subjects or {}
         return sorted(s[len(TRADES_PREFIX):] for s in subjects if s.startswith(TRADES_PREFIX))
 
-    async def _keys(self, kv: KeyValue) -> list[str]:
-        from nats.js.errors import NoKeysError
-
-        try:
-            return list(await kv.keys())
-        except NoKeysError:
-            return []
+    async def _keys(self, bucket: str) -> list[str]:
+        return await live_keys(self.nc.jetstream(), bucket)
 
     async def _expire(self) -> None:
         for inst_id in self.book.expired(self.clock()):
@@ -222,8 +219,8 @@ class NatsWorker:
         await self._announce(now)
         try:
             instruments = await self._instruments()
-            taken = set(await self._keys(self._leases))
-            workers = max(1, len(await self._keys(self._workers)))
+            taken = set(await self._keys(LEASES_BUCKET))
+            workers = max(1, len(await self._keys(WORKERS_BUCKET)))
         except VStreamError:
             raise
         except Exception as exc:
