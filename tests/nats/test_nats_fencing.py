@@ -68,7 +68,7 @@ async def test_a_worker_whose_lease_expired_gives_the_instrument_up(nc: Any, tmp
     await ensure_streams(nc.jetstream())
     await publish_vault(nc, vault, BTC, chunk_bytes=16 << 10)
     settings = Settings()
-    ttl = 1.0
+    ttl = 3.0  # B must keep its lease on a loaded machine: renewals every second
     stopped_at: list[float] = []
 
     def clock_a() -> float:

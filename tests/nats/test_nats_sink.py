@@ -83,7 +83,7 @@ async def test_publish_workers_sink_equals_a_local_final_replay(nats_server: Any
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     out = tmp_path / "Sunk"
     try:
-        await wait_for(lambda: sum(w.bars for w in workers) >= want, 60, "all bars")
+        await wait_for(lambda: sum(w.bars for w in workers) >= want, what="all bars")
         assert await cli("sink-jsonl", "--nats", nats_server.url, "--vault", str(out), "--all") == 0
     finally:
         stop.set()
@@ -123,8 +123,8 @@ async def test_killed_at_any_instant_and_rerun_no_bar_lost_or_doubled(nats_serve
         if kills < 8:
             # Kill while it writes: a random instant after its output started growing.
             before = size()
-            await wait_for(lambda p=process, b=before: p.returncode is not None or size() != b, 30, "the output to grow")
-            await asyncio.sleep(rng.uniform(0, 0.08))
+            await wait_for(lambda p=process, b=before: p.returncode is not None or size() != b, what="the output to grow")
+            await asyncio.sleep(rng.uniform(0, 0.08))  # a random kill instant on purpose, not a wait
             if process.returncode is None:
                 process.send_signal(signal.SIGKILL)
                 await process.wait()
@@ -156,13 +156,13 @@ async def test_follow_writes_new_bars_until_sigint(nats_server: Any, nc: Any, tm
     )
     path = VaultPaths.of(out, BTC).output("1m")
     try:
-        await wait_for(lambda: path.exists() and path.read_bytes() == b"".join(lines[:10]), 20, "the first bars")
+        await wait_for(lambda: path.exists() and path.read_bytes() == b"".join(lines[:10]), what="the first bars")
         for line in lines[10:]:
             await js.publish(bars_subject(BTC, "1m"), line.rstrip(b"\n"))
-        await wait_for(lambda: path.read_bytes() == b"".join(lines), 20, "the new bars")
+        await wait_for(lambda: path.read_bytes() == b"".join(lines), what="the new bars")
     finally:
         process.send_signal(signal.SIGINT)
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 20)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), PATIENCE)
     assert process.returncode == 0, stderr
     assert stdout.decode().startswith(f"{BTC} bars={len(lines)} (1m={len(lines)})")
 
