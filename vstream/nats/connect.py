@@ -349,8 +349,11 @@ async def live_keys(js: JetStreamContext, bucket: str) -> list[str]:
                 except nats.errors.TimeoutError:
                     break  # the rest expired since the consumer was made
                 for msg in msgs:
-                    operation = (msg.headers or {}).get("KV-Operation", "")
-                    if operation not in ("DEL", "PURGE") and msg.subject.startswith(prefix):
+                    headers = msg.headers or {}
+                    # A delete or purge, or the server's marker of a key that expired (a
+                    # bucket made with limit markers): no value.
+                    gone = headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+                    if not gone and msg.subject.startswith(prefix):
                         keys.append(msg.subject[len(prefix):])
                 seen += len(msgs)
                 if msgs and msgs[-1].metadata.num_pending == 0:
