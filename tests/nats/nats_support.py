@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,41 @@ async def consumed(nc: Any, insts: Iterable[str]) -> bool:
     """
     rows = await progress(nc, insts)
     return all(r["last_trades_seq"] > 0 and r["ckpt_seq"] >= r["last_trades_seq"] and r["ckpt_part"] == 0 for r in rows.values())
+
+
+class LeaseLog:
+    """Every write to ``VSTREAM_LEASES`` as the server stamped it, from a watcher: timing
+    measured on the server's clock, whatever delays the test process itself."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str | None, datetime]] = []  # key, owner (None: deleted), time
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, leases: Any) -> None:
+        self._watcher = await leases.watchall()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                continue  # the end of what was there at the start
+            owner = msgspec.json.decode(entry.value)["owner"] if entry.operation is None and entry.value else None
+            self.writes.append((entry.key, owner, entry.created))
+
+    def takeover_seconds(self, key: str, victim: str) -> float | None:
+        """Seconds from ``victim``'s last write of ``key`` to another owner's first one after."""
+        last = max((t for k, o, t in self.writes if k == key and o == victim), default=None)
+        if last is None:
+            return None
+        first = min((t for k, o, t in self.writes if k == key and o not in (None, victim) and t > last), default=None)
+        return None if first is None else (first - last).total_seconds()
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from nats_support import (
+    LeaseLog,
     bar_lines,
     consumed,
     leases_of,
@@ -124,6 +125,8 @@ async def test_sigkill_workers_at_random_instants(nc: Any, nats_server: NatsServ
     rng = random.Random(5)
     logs = tmp_path / "logs"
     logs.mkdir()
+    lease_log = LeaseLog()
+    await lease_log.start(leases)
     workers = [Worker(nats_server.url, f"w{i}", logs) for i in range(2)]
     started = 2
     kills = 10
@@ -146,6 +149,13 @@ async def test_sigkill_workers_at_random_instants(nc: Any, nats_server: NatsServ
             await wait_for(
                 moved, what=f"{sorted(held)} to move off {victim.worker_id}", seen=lambda: leases_of(leases)
             )
+            # Within lease TTL + 5 s of the victim's last renewal, by the server's clock.
+            for inst in held:
+                taken = await wait_for(
+                    lambda i=inst, v=victim: lease_log.takeover_seconds(i, v.worker_id),
+                    what=f"the takeover of {inst} in the lease log",
+                )
+                assert taken <= TTL + 5, (inst, taken)
             workers.append(Worker(nats_server.url, f"w{started}", logs))
             started += 1
         for inst in INSTS:
@@ -153,6 +163,7 @@ async def test_sigkill_workers_at_random_instants(nc: Any, nats_server: NatsServ
         await finish_and_compare(nc, grown, expected)
     finally:
         codes = [w.stop() for w in workers]
+        await lease_log.stop()
     assert codes == [0, 0], [w.stderr() for w in workers]
 
 
