@@ -347,3 +347,28 @@ async def test_an_ingester_failing_on_one_instrument_stops_without_hanging() -> 
 
     with pytest.raises(SinkError, match="refused"):
         await asyncio.wait_for(Failing(nc=None).run(Two(), backlog=2), 10)  # type: ignore[arg-type]
+
+
+async def test_a_record_expiring_inside_the_clients_create_is_claimed_again() -> None:
+    """nats-py's KeyValue.create, on finding the key, reads it to see whether it is a deleted
+    one; a record that expires in between makes create raise KeyNotFoundError. That is a free
+    id, not a failure."""
+    pytest.importorskip("nats")
+    from nats.js.errors import KeyNotFoundError
+
+    from vstream.nats.worker import NatsWorker
+
+    class Bucket:
+        def __init__(self) -> None:
+            self.creates = 0
+
+        async def create(self, key: str, value: bytes) -> int:
+            self.creates += 1
+            if self.creates == 1:
+                raise KeyNotFoundError
+            return 7
+
+    worker = NatsWorker(nc=None, settings=Settings(), worker_id="w1")  # type: ignore[arg-type]
+    worker._workers = Bucket()  # type: ignore[assignment]
+    await worker._claim()
+    assert worker._record_rev == 7

@@ -319,6 +319,10 @@ class NatsWorker:
                 try:
                     self._record_rev = await self._workers.create(self.worker_id, self._record(self.clock()))
                     return
+                except KeyNotFoundError:
+                    # nats-py's create found a record, which expired before create looked
+                    # whether it was a deleted one: gone, so create again.
+                    continue
                 except KeyWrongLastSequenceError:
                     pass
                 try:
