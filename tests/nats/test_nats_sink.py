@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from nats_support import PATIENCE, local_output, wait_for
 
 from vstream.cli import main
@@ -287,3 +288,34 @@ async def test_all_follow_against_a_stream_without_bars_says_so_and_waits(
     assert process.returncode == 0, stderr
     assert stderr == b""  # said once
     assert stdout.decode().startswith(f"{BTC} bars=3 (1m=3)")
+
+
+def test_a_sink_killed_between_its_first_append_and_its_first_state_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instant the subprocess test above hit now and then (twice in some twenty runs), made
+    certain: the first bars are appended and synced, then the process dies before the state
+    is replaced. The next run cuts them back and reads them again (no --rebuild needed)."""
+    import vstream.nats.sink as sink_module
+    from vstream.nats.sink import SinkStore
+
+    class Died(BaseException):
+        pass
+
+    def die(*_: object) -> None:
+        raise Died()
+
+    paths = VaultPaths.of(tmp_path / "Sunk", BTC)
+    store = SinkStore(paths)
+    state = store.open(rebuild=False, stream_created="2025-01-01T00:00:00+00:00")
+    monkeypatch.setattr(sink_module, "write_atomic", die)
+    with pytest.raises(Died):
+        store.commit(state, {"1m": bytearray(b'{"timestamp_utc":"2025-01-01T00:00:00Z"}\n')})
+    store.close()
+    monkeypatch.undo()
+    assert paths.output("1m").stat().st_size > 0
+    again = SinkStore(paths)
+    resumed = again.open(rebuild=False, stream_created="2025-01-01T00:00:00+00:00")
+    again.close()
+    assert resumed.seq == 0 and resumed.bars == 0
+    assert paths.output("1m").read_bytes() == b""  # cut back: those bars are read again

@@ -112,7 +112,11 @@ class SinkStore:
             for path in self.outputs().values():
                 if path.exists() and path.stat().st_size > 0:
                     raise StateError(f"{self.inst_id}: output {path} exists without a sink state; {REBUILD_HINT}")
-            return SinkState(instId=self.inst_id, stream_created=stream_created)
+            state = SinkState(instId=self.inst_id, stream_created=stream_created)
+            # The state comes before the first bar: a sink killed between its first append
+            # and its first state would leave an output without a state, refused next time.
+            self._write_state(state)
+            return state
         try:
             state = msgspec.json.decode(self.path.read_bytes(), type=SinkState)
         except (OSError, msgspec.DecodeError) as exc:
@@ -165,10 +169,17 @@ class SinkStore:
                     handle.flush()
                     os.fsync(handle.fileno())
                 state.lengths[tf] = state.lengths.get(tf, 0) + len(data)
+        except OSError as exc:
+            raise SinkError(f"{self.inst_id}: cannot write {exc.filename or 'the outputs'}: {exc.strerror or exc}") from exc
+        self._write_state(state)
+
+    def _write_state(self, state: SinkState) -> None:
+        """Replace the state file atomically."""
+        try:
             state.updated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_atomic(self.path, _encoder.encode(state))
         except OSError as exc:
-            raise SinkError(f"{self.inst_id}: cannot write {exc.filename or 'the outputs'}: {exc.strerror or exc}") from exc
+            raise SinkError(f"{self.inst_id}: cannot write {exc.filename or self.path}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         if self._lock.is_locked:
