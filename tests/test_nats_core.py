@@ -12,7 +12,7 @@ import pytest
 from vstream.assembler import BarAssembler
 from vstream.errors import ConfigError
 from vstream.instruments import resolve
-from vstream.nats.connect import check_inst_id, check_server_version, parse_version
+from vstream.nats.connect import check_inst_id, check_server_version, check_servers, parse_version
 from vstream.nats.core import (
     MAX_BARS_PER_BATCH,
     InstrumentCore,
@@ -61,6 +61,52 @@ def test_parse_version() -> None:
 def test_ids_that_cannot_be_a_subject_token_are_refused(bad: str) -> None:
     with pytest.raises(ConfigError):
         check_inst_id(bad)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nats://127.0.0.1:4222", "tls://nats.example:4443", "nats://a:1, nats://b:2,tls://c:3",
+     "127.0.0.1:4222", "localhost", "nats://user:pw@127.0.0.1:4222"],
+)
+def test_urls_nats_py_connects_with_are_accepted(url: str) -> None:
+    assert check_servers(url) == [u.strip() for u in url.split(",")]
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("http://127.0.0.1:4222", r"^--nats: 'http://127.0.0.1:4222' is not a nats:// URL \(use nats://HOST:PORT\)$"),
+        ("https://x:1", "is not a nats:// URL"),
+        ("NATS://x:1", "is not a nats:// URL"),  # nats-py reads only the lower-case scheme
+        ("nats://a:1,redis://b:2", "'redis://b:2' is not a nats:// URL"),
+        ("nats://", "names no host"),
+        ("nats://h:port", "not a valid URL"),
+        ("nats://h:99999", "not a valid URL"),
+        (" , ", "is empty"),
+    ],
+)
+def test_urls_nats_py_cannot_use_are_usage_errors(url: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        check_servers(url, "--nats")
+
+
+def test_websocket_urls_are_accepted_when_nats_py_can_use_them() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("aiohttp") is None:
+        with pytest.raises(ConfigError, match=r"websocket URL.*pip install aiohttp"):
+            check_servers("ws://127.0.0.1:8080")
+    else:
+        assert check_servers("ws://127.0.0.1:8080,wss://h") == ["ws://127.0.0.1:8080", "wss://h"]
+        with pytest.raises(ConfigError, match="mixes websocket and nats:// URLs"):
+            check_servers("ws://127.0.0.1:8080,nats://h:1")
+
+
+def test_a_bar_source_checks_its_url_without_io() -> None:
+    import vstream
+
+    with pytest.raises(ConfigError, match="NatsBarSource: 'http://h:4222' is not a nats:// URL"):
+        vstream.NatsBarSource("http://h:4222", [BTC])
 
 
 def test_importing_the_cli_does_not_import_nats() -> None:
@@ -301,3 +347,28 @@ async def test_an_ingester_failing_on_one_instrument_stops_without_hanging() -> 
 
     with pytest.raises(SinkError, match="refused"):
         await asyncio.wait_for(Failing(nc=None).run(Two(), backlog=2), 10)  # type: ignore[arg-type]
+
+
+async def test_a_record_expiring_inside_the_clients_create_is_claimed_again() -> None:
+    """nats-py's KeyValue.create, on finding the key, reads it to see whether it is a deleted
+    one; a record that expires in between makes create raise KeyNotFoundError. That is a free
+    id, not a failure."""
+    pytest.importorskip("nats")
+    from nats.js.errors import KeyNotFoundError
+
+    from vstream.nats.worker import NatsWorker
+
+    class Bucket:
+        def __init__(self) -> None:
+            self.creates = 0
+
+        async def create(self, key: str, value: bytes) -> int:
+            self.creates += 1
+            if self.creates == 1:
+                raise KeyNotFoundError
+            return 7
+
+    worker = NatsWorker(nc=None, settings=Settings(), worker_id="w1")  # type: ignore[arg-type]
+    worker._workers = Bucket()  # type: ignore[assignment]
+    await worker._claim()
+    assert worker._record_rev == 7

@@ -24,7 +24,7 @@ if find_nats_server() is None:
 
 @pytest.fixture
 def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer.start()
+    server = NatsServer.start(timeout=60.0)  # a loaded machine starts it slowly
     try:
         yield server
     finally:

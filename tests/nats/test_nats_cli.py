@@ -49,3 +49,26 @@ async def test_usage_and_connection_errors_are_one_line(
         capsys, "publish", "--nats", "nats://127.0.0.1:1", "--vault", str(tmp_path), "--instId", BTC
     )
     assert status == 1 and err.count("\n") == 1 and "cannot connect to NATS" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["publish", "--instId", BTC, "--vault", "V"],
+        ["ingest", "--instId", BTC],
+        ["worker"],
+        ["sink-jsonl", "--all", "--vault", "V"],
+        ["cluster-status"],
+    ],
+)
+@pytest.mark.parametrize("url", ["http://127.0.0.1:4222", "nats://127.0.0.1:4222,https://127.0.0.1:4222"])
+async def test_a_url_that_is_not_nats_is_a_usage_error_of_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], url: str
+) -> None:
+    """Before any work (ingest would ask OKX first) and without a DNS lookup of "http"."""
+    bad = url.split(",")[-1]
+    args = [str(tmp_path / a) if a == "V" else a for a in command[1:]]
+    status, out, err = await run(capsys, command[0], "--nats", url, *args)
+    assert status == 2, err
+    assert err == f"vstream: --nats: {bad!r} is not a nats:// URL (use nats://HOST:PORT)\n"
+    assert out == ""

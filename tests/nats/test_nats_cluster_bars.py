@@ -7,7 +7,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nats_support import bar_lines, local_output, read_subjects, replay_final, wait_for
+from nats_support import (
+    bar_lines,
+    consumed,
+    local_output,
+    progress,
+    read_subjects,
+    replay_final,
+    wait_for,
+    worker_records,
+)
 
 from vstream.generate import generate_vault
 from vstream.nats.connect import BARS_STREAM, ensure_streams
@@ -27,26 +36,27 @@ async def test_two_workers_write_the_bars_of_a_local_final_replay(nc: Any, tmp_p
     await replay_final(local, BTC, ETH, extra=("--timeframes", "1m,5m"))
 
     await ensure_streams(nc.jetstream())
-    for inst in (BTC, ETH):
-        # Small chunks: many messages, and minutes split across them.
-        summary = await publish_vault(nc, vault, inst, final=True, chunk_bytes=64 << 10)
-        assert summary.messages > 5 and summary.skipped == 0
     settings = Settings(timeframes=("1m", "5m"))
     stop = asyncio.Event()
+    # A long TTL: nothing here is about expiry, and a loaded machine must not make a record
+    # lapse (the other worker would take everything for a while).
     workers = [
-        NatsWorker(nc, settings, worker_id=f"w{i}", lease_ttl=2.0, checkpoint_interval=0.2)
+        NatsWorker(nc, settings, worker_id=f"w{i}", lease_ttl=30.0, checkpoint_interval=0.2)
         for i in range(2)
     ]
     tasks = [asyncio.create_task(w.run(stop)) for w in workers]
     try:
+        # Both announced before there is anything to take: each takes its share (one) at once.
+        await wait_for(
+            lambda: _both(nc), what="both workers announced",
+            seen=lambda: worker_records(nc),
+        )
+        for inst in (BTC, ETH):
+            # Small chunks: many messages, and minutes split across them.
+            summary = await publish_vault(nc, vault, inst, final=True, chunk_bytes=64 << 10)
+            assert summary.messages > 5 and summary.skipped == 0
         expected = {(inst, tf): local_output(local, inst, tf) for inst in (BTC, ETH) for tf in ("1m", "5m")}
-        want = sum(body.count(b"\n") for body in expected.values())
-
-        async def done() -> bool:
-            messages = await read_subjects(nc, BARS_STREAM, "vstream.bars.>")
-            return len(messages) >= want
-
-        await wait_for(done, 30, "all bars")
+        await wait_for(lambda: consumed(nc, (BTC, ETH)), what="every trade consumed", seen=lambda: progress(nc, (BTC, ETH)))
         messages = await read_subjects(nc, BARS_STREAM, "vstream.bars.>")
         for (inst, tf), body in expected.items():
             assert bar_lines(messages, inst, tf) == body, (inst, tf)
@@ -55,6 +65,10 @@ async def test_two_workers_write_the_bars_of_a_local_final_replay(nc: Any, tmp_p
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def _both(nc: Any) -> bool:
+    return set(await worker_records(nc)) == {"w0", "w1"}
 
 
 async def test_publishing_again_or_twice_at_once_adds_no_trade(nc: Any, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nats_support import wait_for
+from nats_support import consumed, progress, wait_for
 from test_nats_processes import INSTS, TFS, Worker, expected_bars, grow
 
 from vstream.errors import VStreamError
@@ -24,7 +24,7 @@ TTL = 2.0
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[NatsCluster]:
-    nodes = NatsCluster.start(3)
+    nodes = NatsCluster.start(3, timeout=60.0)
     try:
         yield nodes
     finally:
@@ -38,7 +38,7 @@ async def publish_retrying(nc: Any, vault: Path, inst: str, *, final: bool = Fal
             await publish_vault(nc, vault, inst, final=final, chunk_bytes=8 << 10, ack_wait=2.0)
             return
         except VStreamError:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # a pause between attempts while the cluster elects, not a wait
     raise AssertionError(f"could not publish {inst}")
 
 
@@ -64,12 +64,19 @@ async def test_killing_the_stream_leader_loses_and_doubles_nothing(cluster: Nats
                 return False
             return True
 
-        await wait_for(setup, 30, "the cluster to accept R3 streams")
+        await wait_for(setup, what="the cluster to accept R3 streams")
         workers = [Worker(cluster.url, f"w{i}", logs, extra=("--replicas", "3")) for i in range(2)]
         for inst in INSTS:
             grow(vault, grown, inst, 0.5)
             await publish_retrying(nc, grown, inst)
-        await asyncio.sleep(1.0)
+
+        async def working() -> bool:
+            # Mid-run: every instrument taken over by a worker, and bars being written.
+            rows = await progress(nc, INSTS)
+            bars = await js.stream_info(BARS_STREAM, subjects_filter="vstream.bars.>")
+            return all(r["owner"] for r in rows.values()) and bool(bars.state.subjects)
+
+        await wait_for(working, what="the workers to work every instrument", seen=lambda: progress(nc, INSTS))
         info = await js.stream_info(BARS_STREAM)
         assert info.cluster is not None and info.cluster.leader
         leader = next(n for n in cluster.nodes if n.name == info.cluster.leader)
@@ -78,20 +85,15 @@ async def test_killing_the_stream_leader_loses_and_doubles_nothing(cluster: Nats
             grow(vault, grown, inst, 1.0)
             await publish_retrying(nc, grown, inst, final=True)
         want = sum(body.count(b"\n") for body in expected.values())
-
-        async def complete() -> bool:
-            try:
-                return len(await read_subjects(nc, BARS_STREAM, "vstream.bars.>")) >= want
-            except Exception:
-                return False
-
         try:
-            await wait_for(complete, 60, "every bar after the fail-over")
+            # Every checkpoint covers its last trade message: the bars are final.
+            await wait_for(
+                lambda: consumed(nc, INSTS), what="every trade consumed after the fail-over",
+                seen=lambda: progress(nc, INSTS),
+            )
         except AssertionError as exc:
-            have = len(await read_subjects(nc, BARS_STREAM, "vstream.bars.>"))
             logs_text = "\n".join(w.stderr()[-3000:] for w in workers)
-            raise AssertionError(f"{exc}: {have} of {want} bars; workers said:\n{logs_text}") from None
-        await asyncio.sleep(1.0)
+            raise AssertionError(f"{exc}; workers said:\n{logs_text}") from None
         messages = await read_subjects(nc, BARS_STREAM, "vstream.bars.>")
         for (inst, tf), body in expected.items():
             got = b"".join(b + b"\n" for s, b, _ in messages if s == f"vstream.bars.{inst}.{tf}")

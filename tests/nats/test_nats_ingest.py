@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from nats_support import read_subjects, wait_for
+from nats_support import PATIENCE, read_subjects, wait_for
 
 from vstream.nats.connect import TRADES_STREAM, ensure_streams
 from vstream.nats.ingest import H_GAP, TradeIngester
@@ -49,7 +49,7 @@ async def test_two_ingesters_publish_each_trade_once(nc: Any) -> None:
     async with FakeOkxServer() as okx:
         rests = [OkxRest(okx.rest_url) for _ in range(2)]
         sources = [
-            OkxSource([BTC, ETH], ws_url=okx.ws_url, rest=rest, gap_timeout=10.0, grace=0.2)
+            OkxSource([BTC, ETH], ws_url=okx.ws_url, rest=rest, gap_timeout=PATIENCE, grace=0.2)
             for rest in rests
         ]
         ingesters = [TradeIngester(nc) for _ in sources]
@@ -57,7 +57,7 @@ async def test_two_ingesters_publish_each_trade_once(nc: Any) -> None:
         try:
             # Both connections subscribed to both instruments.
             await okx.wait_until(
-                lambda: sum(1 for s in okx.subscriptions if s[1] in (BTC, ETH)) >= 4, timeout=10
+                lambda: sum(1 for s in okx.subscriptions if s[1] in (BTC, ETH)) >= 4, timeout=PATIENCE
             )
             pushed = {BTC: 0, ETH: 0}
             next_id = {BTC: 1000, ETH: 5000}
@@ -69,14 +69,20 @@ async def test_two_ingesters_publish_each_trade_once(nc: Any) -> None:
                     await okx.push(batch, skip_ids=skip, per_message=7)
                     next_id[inst] += 25
                     pushed[inst] += 25
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # trades spread over time, as OKX sends them; not a wait
 
             async def complete() -> bool:
                 ids = await stream_ids(nc)
                 return all(len(set(ids.get(i, []))) == pushed[i] for i in (BTC, ETH))
 
-            await wait_for(complete, 20, "every trade in the stream")
-            await asyncio.sleep(0.5)  # late duplicates would land now
+            await wait_for(complete, what="every trade in the stream")
+            total = sum(pushed.values())
+            # Each ingester has met every trade (published it, or found it in): nothing of
+            # theirs is on its way any more, so a duplicate would be in the stream now.
+            await wait_for(
+                lambda: all(i.trades + i.dropped >= total for i in ingesters), what="both ingesters done",
+                seen=lambda: [(i.trades, i.dropped) for i in ingesters],
+            )
         finally:
             for source in sources:
                 source.stop()
@@ -116,7 +122,7 @@ async def test_ingest_shares_contract_values_and_workers_use_them(nc: Any) -> No
     worker = NatsWorker(nc, Settings(), worker_id="w", lease_ttl=2.0)
     task = asyncio.create_task(worker.run(stop))
     try:
-        await wait_for(lambda: worker.bars >= 1, 10, "the bar")
+        await wait_for(lambda: worker.bars >= 1, what="the bar")
     finally:
         stop.set()
         await task
@@ -155,15 +161,15 @@ async def test_ingest_command_publishes_until_sigterm(nats_server: Any, nc: Any,
     async with FakeOkxServer() as okx:
         proc = start_ingest(nats_server.url, okx, log)
         try:
-            await okx.wait_subscribed(BTC, timeout=20)
+            await okx.wait_subscribed(BTC, timeout=PATIENCE)
             await okx.push(fills(BTC, 1, 40), per_message=10)
 
             async def arrived() -> bool:
                 return len((await stream_ids(nc)).get(BTC, [])) == 40
 
-            await wait_for(arrived, 15, "the trades in the stream")
+            await wait_for(arrived, what="the trades in the stream")
             proc.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(proc.wait, 15)
+            code = await asyncio.to_thread(proc.wait, PATIENCE)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -183,11 +189,12 @@ def batch_of(inst: str, ids: range) -> Batch:
 
 async def test_a_joining_ingester_waits_for_the_ids_before_its_first_record(nc: Any) -> None:
     await ensure_streams(nc.jetstream())
-    a, b = TradeIngester(nc), TradeIngester(nc, join_wait=5.0)
+    a, b = TradeIngester(nc), TradeIngester(nc, join_wait=PATIENCE)
     await a.put(batch_of(BTC, range(1, 11)))
 
     async def late_a() -> None:
-        await asyncio.sleep(0.3)  # A is a little behind B
+        # A is behind B: B has read the subject (ids up to 10) and waits for 11..15.
+        await wait_for(lambda: BTC in b._states and BTC not in b._joined, what="B to wait for the ids")
         await a.put(batch_of(BTC, range(11, 16)))
         await a.put(batch_of(BTC, range(16, 19)))
 

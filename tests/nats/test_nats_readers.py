@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats_support import PATIENCE, wait_for
 
 import vstream
 from vstream.assembler import Bar
@@ -42,7 +43,7 @@ async def publish(nc: Any, *bars: Bar) -> None:
         await js.publish(bars_subject(bar.instId, tf), msgspec.json.encode(bar))
 
 
-async def take(source: Any, n: int, seconds: float = 10.0) -> list[Bar]:
+async def take(source: Any, n: int, seconds: float = PATIENCE) -> list[Bar]:
     out: list[Bar] = []
 
     async def run() -> None:
@@ -56,6 +57,7 @@ async def take(source: Any, n: int, seconds: float = 10.0) -> list[Bar]:
 
 
 async def nothing_more(source: Any, seconds: float = 1.5) -> None:
+    # A bounded look for what must not come: slowness can only make it pass, never fail.
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(source.__anext__(), seconds)
 
@@ -213,10 +215,17 @@ async def test_closing_from_another_task_ends_the_iteration_and_leaves_no_consum
             got.append(bar)
 
     task = asyncio.create_task(loop())
-    await asyncio.sleep(0.5)  # waiting in a fetch
+
+    async def fetching() -> bool:
+        # The source's consumer exists and holds a pull request: the loop waits in a fetch.
+        infos = await nc.jetstream().consumers_info(BARS_STREAM)
+        return len(infos) == 1 and (infos[0].num_waiting or 0) >= 1
+
+    await wait_for(fetching, what="the loop to wait in a fetch")
     await source.aclose()
-    await asyncio.wait_for(task, 5)
-    await asyncio.sleep(1.5)  # a fetch that failed on the closed subscription must not reopen
+    await asyncio.wait_for(task, PATIENCE)
+    # The loop has ended: a fetch that failed on the closed subscription could only have
+    # reopened a consumer before that.
     assert got == [] and [c.name async for c in _consumers(nc)] == []
     with pytest.raises(StopAsyncIteration):
         await source.__anext__()

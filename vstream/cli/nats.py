@@ -29,9 +29,17 @@ from .live import _install_signals
 log = logging.getLogger("vstream")
 
 
+def nats_url(text: str) -> str:
+    """``--nats``: URLs nats-py can use, else a one-line usage error (before any work)."""
+    from ..nats.connect import check_servers  # no nats-py import
+
+    check_servers(text, "--nats")
+    return text
+
+
 def _add_nats_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--nats", required=True, metavar="URL",
+        "--nats", required=True, metavar="URL", type=nats_url,
         help="NATS server URL, comma-separated for a cluster (nats://127.0.0.1:4222)",
     )
     p.add_argument(
@@ -299,7 +307,7 @@ def register_cluster_status(sub: argparse._SubParsersAction[Any]) -> None:
         "Exit 0 when every instrument is healthy, 1 when any has a problem (no owner, an owner "
         "that stopped announcing itself, lag over --max-lag), 2 for usage errors.",
     )
-    p.add_argument("--nats", required=True, metavar="URL", help="NATS server URL, comma-separated for a cluster")
+    p.add_argument("--nats", required=True, metavar="URL", type=nats_url, help="NATS server URL, comma-separated for a cluster")
     p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="only these instruments (default: all)")
     p.add_argument(
         "--max-lag", default="2m", metavar="D",

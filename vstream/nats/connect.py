@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, SourceError, VStreamError
@@ -91,6 +92,56 @@ def check_server_version(version: str, url: str = "") -> None:
         )
 
 
+#: URL schemes nats-py connects with: plain TCP, TLS, and websockets (these need aiohttp).
+NATS_SCHEMES = ("nats", "tls")
+WEBSOCKET_SCHEMES = ("ws", "wss")
+URL_HINT = "use nats://HOST:PORT"
+
+
+def check_servers(url: str, what: str = "NATS server URL") -> list[str]:
+    """The server URLs of ``url`` (comma-separated), each one nats-py can connect to.
+
+    ``nats://`` and ``tls://`` are accepted, ``ws://`` and ``wss://`` when aiohttp (which
+    nats-py needs for them) is installed, and a bare ``HOST[:PORT]``, which nats-py reads as
+    ``nats://`` (port 4222 by default). Anything else — ``http://...``, a URL without a
+    host, a port that is not a number, websockets mixed with the others — is a
+    :class:`ConfigError` naming ``what`` (``--nats`` on the command line).
+    """
+    from urllib.parse import urlsplit
+
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise ConfigError(f"{what} is empty ({URL_HINT})")
+    kinds = set()
+    for server in servers:
+        scheme, sep, _ = server.partition("://")
+        if not sep:
+            scheme, server_url = "nats", f"nats://{server}"
+        elif scheme in NATS_SCHEMES or scheme in WEBSOCKET_SCHEMES:
+            server_url = server
+        else:
+            raise ConfigError(f"{what}: {server!r} is not a nats:// URL ({URL_HINT})")
+        try:
+            parts = urlsplit(server_url)
+            host, _port = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ConfigError(f"{what}: {server!r} is not a valid URL ({exc}; {URL_HINT})") from None
+        if not host:
+            raise ConfigError(f"{what}: {server!r} names no host ({URL_HINT})")
+        if scheme in WEBSOCKET_SCHEMES:
+            import importlib.util
+
+            if importlib.util.find_spec("aiohttp") is None:
+                raise ConfigError(
+                    f"{what}: {server!r} is a websocket URL, which nats-py reaches through aiohttp: "
+                    f"pip install aiohttp (or {URL_HINT})"
+                )
+        kinds.add(scheme in WEBSOCKET_SCHEMES)
+    if len(kinds) > 1:
+        raise ConfigError(f"{what}: {url!r} mixes websocket and nats:// URLs; nats-py takes one kind")
+    return servers
+
+
 def require_nats() -> Any:
     """The ``nats`` module, or :class:`ConfigError` naming the extra to install."""
     try:
@@ -113,13 +164,12 @@ def translate(exc: BaseException, doing: str) -> VStreamError:
 async def connect(url: str, *, name: str = "vstream", connect_wait: float = 5.0) -> Client:
     """Connect to ``url`` (comma-separated for a cluster), check the server, return the client.
 
-    A server older than 2.12 or without JetStream is a :class:`ConfigError`; an unreachable one
-    a :class:`SourceError`. The client reconnects by itself afterwards.
+    A URL nats-py cannot use (:func:`check_servers`), a server older than 2.12 or without
+    JetStream is a :class:`ConfigError`; an unreachable one a :class:`SourceError`. The client
+    reconnects by itself afterwards.
     """
+    servers = check_servers(url)
     nats = require_nats()
-    servers = [u.strip() for u in url.split(",") if u.strip()]
-    if not servers:
-        raise ConfigError("--nats needs a server URL, e.g. nats://127.0.0.1:4222")
 
     async def quiet(_exc: Exception) -> None:
         # Reconnects are the client's business; failures surface as errors of the calls.
@@ -253,3 +303,65 @@ async def instruments_bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyV
             )
     except Exception as exc:
         raise translate(exc, f"opening bucket {INSTRUMENTS_BUCKET}") from exc
+
+
+#: Seconds a key-listing consumer outlives a lister that died before deleting it.
+_LISTING_LINGER = 10.0
+
+
+async def live_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys of key-value bucket ``bucket`` that hold a value (not deleted or purged).
+
+    nats-py's ``KeyValue.keys()`` lists through a watcher whose consumer stays on the server
+    for five minutes after use: a worker listing its buckets every round piled up hundreds of
+    them, until the server refused more ("maximum consumers limit reached") and the worker's
+    rounds, renewals included, failed. This reads the last message of each key (headers only)
+    with a pull consumer deleted right after (and dropped by the server within
+    ``_LISTING_LINGER`` seconds should this process die first).
+    """
+    import nats.errors
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
+
+    stream = f"KV_{bucket}"
+    prefix = f"$KV.{bucket}."
+    name = "vstream-keys-" + secrets.token_hex(6)
+    config = ConsumerConfig(
+        name=name, filter_subject=prefix + ">", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE, headers_only=True, mem_storage=True, num_replicas=1,
+        inactive_threshold=_LISTING_LINGER,
+    )
+    try:
+        info = await js.add_consumer(stream, config)
+    except NotFoundError:
+        return []  # no bucket, no keys
+    keys: list[str] = []
+    try:
+        pending = int(info.num_pending or 0)
+        if pending == 0:
+            return keys
+        sub = await js.pull_subscribe_bind(name, stream=stream)
+        try:
+            seen = 0
+            while seen < pending:
+                try:
+                    msgs = await sub.fetch(min(pending - seen, 256), timeout=2.0)
+                except nats.errors.TimeoutError:
+                    break  # the rest expired since the consumer was made
+                for msg in msgs:
+                    headers = msg.headers or {}
+                    # A delete or purge, or the server's marker of a key that expired (a
+                    # bucket made with limit markers): no value.
+                    gone = headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+                    if not gone and msg.subject.startswith(prefix):
+                        keys.append(msg.subject[len(prefix):])
+                seen += len(msgs)
+                if msgs and msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
+    return keys

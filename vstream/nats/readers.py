@@ -37,7 +37,15 @@ import msgspec
 from ..assembler import Bar
 from ..errors import ConfigError, SourceError, VStreamError
 from ..settings import TIMEFRAMES
-from .connect import BARS_PREFIX, BARS_STREAM, bars_subject, check_inst_id, connect, translate
+from .connect import (
+    BARS_PREFIX,
+    BARS_STREAM,
+    bars_subject,
+    check_inst_id,
+    check_servers,
+    connect,
+    translate,
+)
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -349,6 +357,7 @@ class NatsBarSource:
         if isinstance(nats, str):
             if not nats.strip():
                 raise ConfigError("NatsBarSource needs a server URL, e.g. nats://127.0.0.1:4222")
+            check_servers(nats, "NatsBarSource")
             self._url: str | None = nats
             self._nc: Any = None
         else:

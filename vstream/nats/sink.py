@@ -30,7 +30,7 @@ import filelock
 import msgspec
 
 from ..assembler import Bar
-from ..errors import ConfigError, SinkError, StateError
+from ..errors import ConfigError, SinkError, SourceError, StateError
 from ..instruments import VaultPaths
 from ..settings import TIMEFRAMES
 from ..state import take_instrument, write_atomic
@@ -112,7 +112,11 @@ class SinkStore:
             for path in self.outputs().values():
                 if path.exists() and path.stat().st_size > 0:
                     raise StateError(f"{self.inst_id}: output {path} exists without a sink state; {REBUILD_HINT}")
-            return SinkState(instId=self.inst_id, stream_created=stream_created)
+            state = SinkState(instId=self.inst_id, stream_created=stream_created)
+            # The state comes before the first bar: a sink killed between its first append
+            # and its first state would leave an output without a state, refused next time.
+            self._write_state(state)
+            return state
         try:
             state = msgspec.json.decode(self.path.read_bytes(), type=SinkState)
         except (OSError, msgspec.DecodeError) as exc:
@@ -165,10 +169,17 @@ class SinkStore:
                     handle.flush()
                     os.fsync(handle.fileno())
                 state.lengths[tf] = state.lengths.get(tf, 0) + len(data)
+        except OSError as exc:
+            raise SinkError(f"{self.inst_id}: cannot write {exc.filename or 'the outputs'}: {exc.strerror or exc}") from exc
+        self._write_state(state)
+
+    def _write_state(self, state: SinkState) -> None:
+        """Replace the state file atomically."""
+        try:
             state.updated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             write_atomic(self.path, _encoder.encode(state))
         except OSError as exc:
-            raise SinkError(f"{self.inst_id}: cannot write {exc.filename or 'the outputs'}: {exc.strerror or exc}") from exc
+            raise SinkError(f"{self.inst_id}: cannot write {exc.filename or self.path}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         if self._lock.is_locked:
@@ -319,7 +330,11 @@ async def run_sinks(
     report: Any = None,
 ) -> list[tuple[str, SinkSummary | BaseException]]:
     """Run one sink per instrument (``None``: every instrument in the stream, rescanned every
-    ``rescan`` seconds while following). ``report(inst_id, result)`` hears each one end."""
+    ``rescan`` seconds while following). ``report(inst_id, result)`` hears each one end.
+
+    With ``None`` and no bar in the stream at all: a :class:`SourceError` without ``follow``;
+    with it, a warning, and the sinks start as the first bars come.
+    """
     tasks: dict[str, asyncio.Task[SinkSummary]] = {}
     results: list[tuple[str, SinkSummary | BaseException]] = []
 
@@ -336,8 +351,18 @@ async def run_sinks(
         task.add_done_callback(failed)
         tasks[inst] = task
 
-    for inst in inst_ids if inst_ids is not None else await bar_instruments(nc):
-        start(inst)
+    if inst_ids is None:
+        found = await bar_instruments(nc)
+        if not found:
+            # Nothing silent: an empty stream is said, and without follow it is a failure.
+            if not follow:
+                raise SourceError(f"no bars in stream {BARS_STREAM} yet (no worker has finished one): nothing to write")
+            log.warning("no bars in stream %s yet; following it for the first ones", BARS_STREAM)
+        for inst in found:
+            start(inst)
+    else:
+        for inst in inst_ids:
+            start(inst)
     try:
         while True:
             running = [t for t in tasks.values() if not t.done()]

@@ -33,6 +33,7 @@ from .connect import (
     WORKERS_BUCKET,
     bars_subject,
     ckpt_subject,
+    live_keys,
     trades_subject,
     translate,
 )
@@ -182,14 +183,8 @@ async def _count_after(nc: Client, subject: str, after: int) -> tuple[int, int |
 
 async def _kv_entries(nc: Client, bucket: str) -> dict[str, tuple[bytes, float]]:
     """``key -> (value, server time of its last write)`` of a bucket's live keys."""
-    from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
-
     js = nc.jetstream()
-    try:
-        kv = await js.key_value(bucket)
-        keys = list(await kv.keys())
-    except (BucketNotFoundError, NotFoundError, NoKeysError):
-        return {}
+    keys = await live_keys(js, bucket)
     out: dict[str, tuple[bytes, float]] = {}
     for key in keys:
         raw = await _last(nc, f"KV_{bucket}", f"$KV.{bucket}.{key}")

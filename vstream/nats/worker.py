@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -40,11 +41,14 @@ from ..trades import LineDecoder
 from .batch import FencedError, last_message, publish_batch
 from .connect import (
     BARS_STREAM,
+    LEASES_BUCKET,
     TRADES_PREFIX,
     TRADES_STREAM,
+    WORKERS_BUCKET,
     ckpt_subject,
     ensure_streams,
     lease_buckets,
+    live_keys,
     trades_subject,
     translate,
 )
@@ -77,6 +81,19 @@ class WorkerInfo(msgspec.Struct, kw_only=True):
     pid: int
     instruments: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
     written_ms: int = 0
+    #: Random per process: tells this worker's own record from another's with the same id.
+    token: str = ""
+
+
+def _decode_info(value: bytes | None) -> WorkerInfo | None:
+    try:
+        return msgspec.json.decode(value or b"", type=WorkerInfo)
+    except msgspec.DecodeError:
+        return None
+
+
+def _who(info: WorkerInfo | None) -> str:
+    return f"host {info.host}, pid {info.pid}" if info is not None else "an unreadable record"
 
 
 class LeaseValue(msgspec.Struct, kw_only=True):
@@ -144,6 +161,8 @@ class NatsWorker:
         self._leases: KeyValue | None = None
         self._workers: KeyValue | None = None
         self._fatal: BaseException | None = None
+        self.token = secrets.token_hex(8)
+        self._record_rev: int | None = None  # revision of this worker's record in VSTREAM_WORKERS
 
     # -- the lease loop ---------------------------------------------------------------------
 
@@ -153,6 +172,7 @@ class NatsWorker:
         await ensure_streams(js, replicas=self.replicas)
         self._leases, self._workers = await lease_buckets(js, ttl=self.book.ttl, replicas=self.replicas)
         tick = max(0.05, min(1.0, self.book.ttl / 6))
+        await self._claim()
         try:
             while not stop.is_set():
                 await self._expire()
@@ -182,13 +202,8 @@ class NatsWorker:
         subjects = info.state.subjects or {}
         return sorted(s[len(TRADES_PREFIX):] for s in subjects if s.startswith(TRADES_PREFIX))
 
-    async def _keys(self, kv: KeyValue) -> list[str]:
-        from nats.js.errors import NoKeysError
-
-        try:
-            return list(await kv.keys())
-        except NoKeysError:
-            return []
+    async def _keys(self, bucket: str) -> list[str]:
+        return await live_keys(self.nc.jetstream(), bucket)
 
     async def _expire(self) -> None:
         for inst_id in self.book.expired(self.clock()):
@@ -204,8 +219,8 @@ class NatsWorker:
         await self._announce(now)
         try:
             instruments = await self._instruments()
-            taken = set(await self._keys(self._leases))
-            workers = max(1, len(await self._keys(self._workers)))
+            taken = set(await self._keys(LEASES_BUCKET))
+            workers = max(1, len(await self._keys(WORKERS_BUCKET)))
         except VStreamError:
             raise
         except Exception as exc:
@@ -258,12 +273,14 @@ class NatsWorker:
                     self._fatal = failure
                 elif failure is not None:
                     log.warning("%s: %s", inst_id, failure)
-                    if held is not None:
-                        with contextlib.suppress(Exception):
-                            await self._leases.delete(inst_id, last=held.revision)
+                if failure is not None and held is not None:
+                    # Released (fenced on its revision): another worker need not wait for
+                    # the lease to expire, even when this one stops for good.
+                    with contextlib.suppress(Exception):
+                        await self._leases.delete(inst_id, last=held.revision)
 
-    async def _announce(self, now: float) -> None:
-        assert self._workers is not None
+    def _record(self, now: float) -> bytes:
+        """This worker's record in ``VSTREAM_WORKERS``."""
         info = WorkerInfo(
             worker=self.worker_id,
             host=socket.gethostname(),
@@ -277,9 +294,102 @@ class NatsWorker:
                 }
                 for i, r in self.running.items()
             },
+            token=self.token,
         )
-        with contextlib.suppress(Exception):
-            await self._workers.put(self.worker_id, msgspec.json.encode(info))
+        return msgspec.json.encode(info)
+
+    async def _claim(self) -> None:
+        """Take this worker's id in ``VSTREAM_WORKERS``; refused while a live worker holds it.
+
+        A live worker rewrites its record every round; a dead one's record stays until the
+        bucket's TTL (``lease_ttl``) drops it. So a record that changes while it is watched
+        belongs to a live worker (:class:`ConfigError`); one that does not is waited out until
+        it expires, and the id is taken then.
+        """
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        assert self._workers is not None
+        loop = asyncio.get_running_loop()
+        # The record expires ttl after its last write; a margin for a loaded server.
+        deadline = loop.time() + 2 * self.book.ttl + 1.0
+        poll = max(0.05, min(0.25, self.book.ttl / 20))
+        watched: int | None = None
+        while True:
+            try:
+                try:
+                    self._record_rev = await self._workers.create(self.worker_id, self._record(self.clock()))
+                    return
+                except KeyNotFoundError:
+                    # nats-py's create found a record, which expired before create looked
+                    # whether it was a deleted one: gone, so create again.
+                    continue
+                except KeyWrongLastSequenceError:
+                    pass
+                try:
+                    entry = await self._workers.get(self.worker_id)
+                except KeyNotFoundError:
+                    entry = None  # it expired or was deleted meanwhile: create it now
+            except Exception as exc:
+                raise translate(exc, f"registering worker id {self.worker_id!r}") from exc
+            if entry is None:
+                continue
+            other = _decode_info(entry.value)
+            revision = entry.revision or 0
+            if watched is None:
+                watched = revision
+                log.info(
+                    "worker id %r is in %s (%s): taking it once that record expires, unless "
+                    "its worker is alive", self.worker_id, WORKERS_BUCKET, _who(other),
+                )
+            elif revision != watched:
+                raise ConfigError(
+                    f"worker id {self.worker_id!r} is held by another live worker "
+                    f"({_who(other)}); give each worker its own --worker-id"
+                )
+            if loop.time() >= deadline:
+                raise ConfigError(
+                    f"worker id {self.worker_id!r} is held in {WORKERS_BUCKET} by {_who(other)}, "
+                    f"whose record neither changed nor expired within {2 * self.book.ttl + 1:g} s; "
+                    f"give this worker another --worker-id"
+                )
+            await asyncio.sleep(poll)
+
+    async def _announce(self, now: float) -> None:
+        """Renew this worker's record, fenced on its revision.
+
+        If the record changed meanwhile: an update of ours whose acknowledgement was lost is
+        adopted; a record that expired (this worker was paused or cut off) is made again; a
+        record of another worker with the same id, which took it after this one's expired, is
+        a :class:`ConfigError` that stops this worker.
+        """
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        assert self._workers is not None
+        record = self._record(now)
+        try:
+            try:
+                self._record_rev = await self._workers.update(self.worker_id, record, last=self._record_rev)
+                return
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._workers.get(self.worker_id)
+            except KeyNotFoundError:
+                self._record_rev = await self._workers.create(self.worker_id, record)
+                log.warning("%s: this worker's record had expired (paused?); announced again", self.worker_id)
+                return
+        except Exception as exc:
+            # The server may be failing over: announce again next round.
+            log.info("%s: announcing failed: %s", self.worker_id, exc)
+            return
+        other = _decode_info(entry.value)
+        if other is not None and other.token == self.token:
+            self._record_rev = entry.revision  # written, its acknowledgement lost
+            return
+        raise ConfigError(
+            f"worker id {self.worker_id!r} was taken by another worker ({_who(other)}) while "
+            f"this one did not renew it (paused or cut off); stopping"
+        )
 
     async def _shutdown(self) -> None:
         for inst_id in list(self.running):
@@ -288,9 +398,10 @@ class NatsWorker:
             if held is not None and self._leases is not None:
                 with contextlib.suppress(Exception):
                     await self._leases.delete(inst_id, last=held.revision)
-        if self._workers is not None:
+        if self._workers is not None and self._record_rev is not None:
+            # Fenced: a record another worker with this id wrote is not ours to delete.
             with contextlib.suppress(Exception):
-                await self._workers.delete(self.worker_id)
+                await self._workers.delete(self.worker_id, last=self._record_rev)
 
     def _start_instrument(self, inst_id: str) -> None:
         task = asyncio.create_task(self._guarded(inst_id), name=f"vstream-worker-{inst_id}")
@@ -359,6 +470,8 @@ class NatsWorker:
             try:
                 fence = await self._publish(core, [Step([], core.checkpoint(self._ms()))], fence)
             except LeaseLostError:
+                if not self.book.valid(inst_id, self.clock()):
+                    raise  # the lease itself is gone: no point in trying again
                 continue
             break
         else:
@@ -371,8 +484,20 @@ class NatsWorker:
         return int(self.clock() * 1000)
 
     async def _publish(self, core: InstrumentCore, steps: list[Step], fence: int) -> int:
-        """Publish ``steps`` in order, each fenced on the previous; the new fence."""
+        """Publish ``steps`` in order, each fenced on the previous; the new fence.
+
+        Nothing is sent for an instrument whose lease this worker cannot know to be valid (its
+        last renewal was sent ``lease_ttl`` or more ago): a worker that was paused, or whose
+        lease loop fell behind, may no longer own it. (The fence still refuses a batch sent
+        just before such a pause and stored after another worker took over.)
+        """
         for step in steps:
+            if not self.book.valid(core.inst_id, self.clock()):
+                log.warning(
+                    "%s: the lease of %s was not renewed within %g s; giving it up without writing",
+                    self.worker_id, core.inst_id, self.book.ttl,
+                )
+                raise LeaseLostError(f"{core.inst_id}: the lease expired")
             try:
                 ack = await publish_batch(
                     self.nc,
