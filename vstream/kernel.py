@@ -31,7 +31,6 @@ MICRO_F: Final = 1_000_000.0
 MIN_TS_MS: Final = 1_483_228_800_000
 #: The proleptic Gregorian ordinal of 1970-01-01 (``date.toordinal``).
 _EPOCH_ORDINAL: Final = 719_163
-_UTC: Final = UTC
 #: Compiled, one ``msgspec.structs.astuple`` call reads a trade's fields faster than six
 #: generic attribute lookups; interpreted, attribute loads are specialised and cheaper.
 _ROWS: Final = not __file__.endswith(".py")
@@ -98,37 +97,43 @@ def texts_ok(trades: list[Any], known: set[str], accept: Callable[[str], bool]) 
     return not ids or (joined.isascii() and joined.encode().isdigit())
 
 
-def exporter_ready(trades: list[Any], ts_max: int, default_inverse: bool) -> bool:
+def exporter_ready(
+    trades: list[Any],
+    ts_max: int,
+    default_inverse: bool,
+    minutes: dict[str, int],
+    other_stamp: Callable[[str], int],
+) -> bool:
     """Finish trades decoded from exporter lines (SPEC §3 item 4) in place, or say which
     chunk the careful path must judge: False at the first trade the typed decoder could not
     settle, True once every trade is ready for the fold.
 
-    Each item carries ``stamp`` (the decoded ``timestamp_utc``), ``ct_val`` (its ``ctVal``
-    as decoded, ``""`` where the line has it empty) and ``ct_type`` (its ``ctType``, ``""``
-    where absent). ``ts`` becomes the stamp in milliseconds, rounded to the nearest one; a
-    stamp must be in UTC and from 2017-01-01 to ``ts_max``. An empty ``ct_val`` becomes 0.0
-    (the instrument's), and ``ct_inverse`` the contract type (``default_inverse`` where the
-    line has none).
+    Each item carries ``stamp`` (its ``timestamp_utc`` text), ``ct_val`` (its ``ctVal`` as
+    decoded, ``""`` where the line has it empty) and ``ct_type`` (its ``ctType``, ``""`` where
+    absent). ``ts`` becomes the stamp in milliseconds, rounded to the nearest one: the
+    exporter's own shape, ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z``, read here (``minutes`` caches the
+    milliseconds of each ``YYYY-MM-DDTHH:MM`` prefix, -1: not a time), any other text by
+    ``other_stamp`` (milliseconds, or -1 for no RFC 3339 time in UTC). A stamp must be from 2017-01-01 to
+    ``ts_max``. An empty ``ct_val`` becomes 0.0 (the instrument's), and ``ct_inverse`` the
+    contract type (``default_inverse`` where the line has none).
     """
+    last_text = ""
+    last_ts = 0
     for item in trades:
         # One call reads the fields (the decoder's Struct: the Trade fields, then stamp,
         # ct_type), cheaper than three attribute loads.
         row: tuple[Any, ...] = astuple(cast(Any, item))
-        stamp: datetime = row[9]
-        if stamp.tzinfo is not _UTC:
-            return False  # no offset, or another one than UTC: the careful path says which
-        micro = stamp.microsecond
-        if micro % 1000 == 500:
-            # The decoder rounds past-microsecond digits to a microsecond: an exact half of
-            # a millisecond may be a rounded-up value below it. The text decides.
-            return False
-        # Exact integer arithmetic from the stamp's own fields (it is in UTC): cheaper than
-        # datetime subtraction, and halves round up.
-        days = stamp.toordinal() - _EPOCH_ORDINAL
-        seconds = ((days * 24 + stamp.hour) * 60 + stamp.minute) * 60 + stamp.second
-        ts = seconds * 1000 + (micro + 500) // 1000
-        if ts < MIN_TS_MS or ts > ts_max:
-            return False
+        text: str = row[9]
+        if text == last_text:
+            ts = last_ts  # trades of one taker order share their stamp
+        else:
+            ts = stamp_ms(text, minutes)
+            if ts < 0:
+                ts = other_stamp(text)
+            if ts < MIN_TS_MS or ts > ts_max:
+                return False  # not the exporter's shape, or out of range: the text decides
+            last_text = text
+            last_ts = ts
         item.ts = ts
         ct: object = row[7]
         if not isinstance(ct, float):
@@ -142,6 +147,62 @@ def exporter_ready(trades: list[Any], ts_max: int, default_inverse: bool) -> boo
         elif default_inverse:
             item.ct_inverse = True
     return True
+
+
+def stamp_ms(text: str, minutes: dict[str, int]) -> int:
+    """``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`` in milliseconds, rounded to the nearest one (halves
+    up); -1 for any other text (the careful path judges those). ``minutes`` caches each
+    minute prefix's milliseconds, -1 for one that is no valid time."""
+    n = len(text)
+    if n < 20 or n > 27 or text[n - 1] != "Z" or text[16] != ":":
+        return -1
+    key = text[:16]
+    base = minutes.get(key)
+    if base is None:
+        base = minute_ms(key)
+        if len(minutes) >= PRICE_CACHE:
+            minutes.clear()
+        minutes[key] = base
+    if base < 0:
+        return -1
+    tens = ord(text[17]) - 48
+    ones = ord(text[18]) - 48
+    if tens < 0 or tens > 5 or ones < 0 or ones > 9:
+        return -1
+    ms = base + (tens * 10 + ones) * 1000
+    if n == 20:
+        return ms
+    if n == 21 or text[19] != ".":
+        return -1  # ("SS.Z" has no digits: no RFC 3339 time)
+    # 1 to 6 fractional digits: microseconds, exact
+    micro = 0
+    i = 20
+    while i < n - 1:
+        digit = ord(text[i]) - 48
+        if digit < 0 or digit > 9:
+            return -1
+        micro = micro * 10 + digit
+        i += 1
+    width = n - 21
+    while width < 6:
+        micro *= 10
+        width += 1
+    return ms + (micro + 500) // 1000
+
+
+def minute_ms(key: str) -> int:
+    """``YYYY-MM-DDTHH:MM`` (ASCII digits, a valid date and time) in milliseconds; else -1."""
+    if len(key) != 16 or key[4] != "-" or key[7] != "-" or key[10] != "T" or key[13] != ":":
+        return -1
+    digits = key[0:4] + key[5:7] + key[8:10] + key[11:13] + key[14:16]
+    if not (digits.isascii() and digits.isdigit()):
+        return -1
+    try:
+        when = datetime(int(key[0:4]), int(key[5:7]), int(key[8:10]), int(key[11:13]), int(key[14:16]), tzinfo=UTC)
+    except ValueError:
+        return -1
+    days = when.toordinal() - _EPOCH_ORDINAL
+    return ((days * 24 + when.hour) * 60 + when.minute) * 60_000
 
 
 def all_own_ct(trades: list[Any]) -> bool:

@@ -256,7 +256,7 @@ class LineDecoder:
     All three accept and reject exactly the same trades; the careful path is the reference.
     """
 
-    __slots__ = ("_dec_line", "_inverse", "_kinds", "_now", "_prefer_exporter", "_px_ok", "inst_id")
+    __slots__ = ("_dec_line", "_inverse", "_kinds", "_minutes", "_now", "_prefer_exporter", "_px_ok", "inst_id")
 
     def __init__(self, inst_id: str) -> None:
         self.inst_id = inst_id
@@ -266,6 +266,8 @@ class LineDecoder:
         # Price texts already found to be plain positive decimals.
         self._px_ok: set[str] = set()
         self._inverse = exporter.default_inverse(inst_id)
+        # Milliseconds of the exporter stamps' minute prefixes already read.
+        self._minutes: dict[str, int] = {}
         # The format the last flat chunk was in: a file keeps to one, so it is tried first.
         self._prefer_exporter = False
 
@@ -340,7 +342,9 @@ class LineDecoder:
             return None
         if len(trades) != count or not self._texts_ok(trades):
             return None
-        if as_exporter and not exporter_ready(trades, kinds.ts_max, self._inverse):
+        if as_exporter and not exporter_ready(
+            trades, kinds.ts_max, self._inverse, self._minutes, exporter.stamp_value
+        ):
             return None
         return trades
 

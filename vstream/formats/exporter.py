@@ -95,6 +95,17 @@ def stamp_ms(value: Any, now_ms: int) -> int | str:
     return bad if bad is not None else ts
 
 
+def stamp_value(text: str) -> int:
+    """A ``timestamp_utc`` text in milliseconds as :func:`stamp_ms` reads it, without the
+    range rule; -1 where it is no RFC 3339 time in UTC."""
+    got = stamp_ms(text, _NO_BOUND)
+    return got if isinstance(got, int) else -1
+
+
+#: A wall clock so far ahead that no stamp is in its future.
+_NO_BOUND: Final = 1 << 62
+
+
 def ct_value(value: Any) -> float:
     """A line's ``ctVal`` (text or number) as a contract value, or 0.0 if it is not one (the
     rule of :func:`check`)."""
@@ -170,8 +181,8 @@ def check(obj: dict[str, Any], inst_id: str, now_ms: int) -> Trade | str:
 def fast_struct(inst_id: str) -> type[Trade]:
     """A :class:`Trade` subclass that a typed decoder fills from an exporter line: the rules
     of :func:`check` that msgspec can check in C. ``ts`` and ``ct_inverse`` are left for
-    :func:`vstream.kernel.exporter_ready` to fill from ``stamp`` and ``ct_type`` (and an
-    empty ``ct_val`` to clear); a line that also has ``tradeId`` (an OKX object, by the rule of
+    :func:`vstream.kernel.exporter_ready` to fill from ``stamp`` (the text) and ``ct_type``
+    (and an empty ``ct_val`` to clear); a line that also has ``tradeId`` (an OKX object, by the rule of
     :func:`is_exporter`) is refused."""
     okx = {f[0]: f for f in fast_fields(inst_id, 0)}
     renamed = {"tradeId": NAMES.trade_id, "px": NAMES.px, "sz": NAMES.sz}
@@ -186,7 +197,9 @@ def fast_struct(inst_id: str) -> type[Trade]:
         # "" (an instrument without contracts) is left for exporter_ready to clear
         ("ct_val", Annotated[float, Meta(gt=0.0, le=MAX_CT_VAL)] | Literal[""], msgspec.field(default=0.0, name="ctVal")),
         HIDDEN_FIELDS[1],
-        ("stamp", Annotated[datetime, Meta(tz=True)], msgspec.field(name=NAMES.ts)),
+        # the text: vstream.kernel.stamp_ms reads the exporter's own shape faster than a
+        # datetime is made; the careful path reads every other RFC 3339 form
+        ("stamp", str, msgspec.field(name=NAMES.ts)),
         ("ct_type", str, msgspec.field(default="", name="ctType")),
         ("exchange", Literal["okx"], "okx"),
         ("okx_trade_id", UnsetType, msgspec.field(default=UNSET, name="tradeId")),
