@@ -200,7 +200,8 @@ def fast_struct(inst_id: str) -> type[Trade]:
         # the text: vstream.kernel.stamp_ms reads the exporter's own shape faster than a
         # datetime is made; the careful path reads every other RFC 3339 form
         ("stamp", str, msgspec.field(name=NAMES.ts)),
-        ("ct_type", str, msgspec.field(default="", name="ctType")),
+        # a Literal: no text object made per line (another value sends the line to the careful path)
+        ("ct_type", Literal["linear", "inverse", ""], msgspec.field(default="", name="ctType")),
         ("exchange", Literal["okx"], "okx"),
         ("okx_trade_id", UnsetType, msgspec.field(default=UNSET, name="tradeId")),
     ]
