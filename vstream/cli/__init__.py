@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from .alerts import register_alerts
 from .chart import register_chart
 from .common import PIPE_CLOSED_EXIT, Parser, package_version, report, run_async, stdout_closed
 from .demo import register_demo
@@ -43,6 +44,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_worker,
     register_sink_jsonl,
     register_cluster_status,
+    register_alerts,
 ]
 
 

@@ -16,12 +16,14 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ..alerts.rules import AlertRules
 from ..engine import Engine
 from ..errors import ConfigError
 from ..instruments import discover, kind_of
 from ..progress import Progress, ProgressSource
 from ..settings import Settings
 from ..sources.replay import ReplaySource
+from .alerts import add_alert_options, alert_rules_of
 from .common import (
     add_instruments_option,
     add_settings_options,
@@ -54,6 +56,7 @@ def register_replay(sub: argparse._SubParsersAction[Any]) -> None:
     replay.add_argument("--rebuild", action="store_true", help="start the instruments over from the first input byte")
     replay.add_argument("--strict", action="store_true", help="stop with an error at the first rejected line")
     add_settings_options(replay)
+    add_alert_options(replay)
     replay.set_defaults(handler=_replay)
 
 
@@ -67,6 +70,8 @@ async def replay_one(
     strict: bool,
     progress: Progress | None = None,
     given: frozenset[str] | None = None,
+    alerts: AlertRules | None = None,
+    alerts_given: frozenset[str] | None = None,
 ) -> str:
     """Catch one instrument up; return its summary line (``progress`` shows how far it got).
 
@@ -83,6 +88,8 @@ async def replay_one(
         rebuild=rebuild,
         given=given,
         checkpoint_interval=checkpoint_interval(),
+        alerts=alerts,
+        alerts_given=alerts_given,
     )
     async with engine:
         before = msgspec.structs.replace(engine.assembler(inst_id).counters)
@@ -94,6 +101,7 @@ async def replay_one(
 async def _replay(args: argparse.Namespace) -> int:
     vault = vault_of(args)
     settings, given = settings_of(args)
+    alerts = alert_rules_of(args)
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids or []))
     if args.all:
         inst_ids = discover(vault)
@@ -103,13 +111,13 @@ async def _replay(args: argparse.Namespace) -> int:
         kind_of(inst_id)
     workers = min(len(inst_ids), os.cpu_count() or 1)
     if workers > 1:
-        return await _replay_parallel(args, vault, settings, given, inst_ids, workers)
+        return await _replay_parallel(args, vault, settings, given, inst_ids, workers, alerts)
     progress = Progress(f"replay {len(inst_ids)} instrument(s)", enabled=False if args.quiet else None)
     results = await asyncio.gather(
         *(
             replay_one(
                 vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict,
-                progress=progress, given=given,
+                progress=progress, given=given, alerts=alerts[0], alerts_given=alerts[1],
             )
             for i in inst_ids
         ),
@@ -132,6 +140,7 @@ async def _replay_parallel(
     given: frozenset[str],
     inst_ids: list[str],
     workers: int,
+    alerts: tuple[AlertRules | None, frozenset[str]] = (None, frozenset()),
 ) -> int:
     """One worker process per instrument, at most ``workers`` at a time.
 
@@ -159,7 +168,7 @@ async def _replay_parallel(
         futures = [
             loop.run_in_executor(
                 pool, _replay_worker, str(vault), i, settings, given, args.final, args.rebuild,
-                args.strict,
+                args.strict, alerts,
             )
             for i in inst_ids
         ]
@@ -281,6 +290,7 @@ def _replay_worker(
     final: bool,
     rebuild: bool,
     strict: bool,
+    alerts: tuple[AlertRules | None, frozenset[str]] = (None, frozenset()),
 ) -> tuple[str, int]:
     """Worker-process entry of ``replay``: (summary line, 0) or (error message, exit code)."""
     logging.basicConfig(level=logging.WARNING, format="vstream: %(message)s", stream=sys.stderr)
@@ -290,7 +300,7 @@ def _replay_worker(
             lambda: _until_sigterm(
                 lambda: replay_one(
                     Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
-                    progress=relay, given=given,
+                    progress=relay, given=given, alerts=alerts[0], alerts_given=alerts[1],
                 )
             )
         )

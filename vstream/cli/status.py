@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from ..alerts.status import DestinationStatus, delivery_lines, delivery_status
 from ..errors import ConfigError
 from ..query import (
     STATUS_COLUMNS,
@@ -70,20 +71,22 @@ def _status(args: Any) -> int:
     if not vault.is_dir():
         raise ConfigError(f"vault {vault} does not exist")
     result = vault_status(vault, args.inst_ids, max_lag=args.max_lag, remember=not args.no_remember)
-    verdict = 0 if all(s.ok for s in result) else 1
+    deliveries = delivery_status(vault)
+    verdict = 0 if all(s.ok for s in result) and all(d.ok for d in deliveries) else 1
     try:
-        _write(args, vault, result)
+        _write(args, vault, result, deliveries)
     except BrokenPipeError as exc:  # nobody reads the table: the verdict still stands
         if not stdout_closed(exc):
             raise
     return verdict
 
 
-def _write(args: Any, vault: Path, result: list[InstrumentStatus]) -> None:
+def _write(args: Any, vault: Path, result: list[InstrumentStatus], deliveries: list[DestinationStatus]) -> None:
     out = sys.stdout
     if args.json:
-        for st in result:
-            out.write(msgspec.json.encode(st.to_dict()).decode() + "\n")
+        objects = [st.to_dict() for st in result] + [d.to_dict() for d in deliveries]
+        for obj in objects:
+            out.write(msgspec.json.encode(obj).decode() + "\n")
     else:
         if not result:
             out.write(f"no instruments in vault {vault}\n")
@@ -94,4 +97,6 @@ def _write(args: Any, vault: Path, result: list[InstrumentStatus]) -> None:
                 out.write(f"{st.instId}: PROBLEM: {problem}\n")
             for note in st.notes:
                 out.write(f"{st.instId}: note: {note}\n")
+        for line in delivery_lines(deliveries):
+            out.write(line + "\n")
     out.flush()

@@ -122,6 +122,7 @@ class FakeWebhookServer:
         self._released = asyncio.Event()
         self._changed = asyncio.Event()
         self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._messages = 0
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -137,6 +138,9 @@ class FakeWebhookServer:
             server.close()
             for writer in list(self._connections):
                 writer.close()
+            # Let each connection's handler see its end (not be cancelled by a closing loop).
+            if self._handlers:
+                await asyncio.wait(self._handlers, timeout=5)
             with contextlib.suppress(Exception):
                 await server.wait_closed()
 
@@ -175,9 +179,12 @@ class FakeWebhookServer:
         for _ in range(n):
             self._plan.append(lambda r: _rate_limited(r, retry_after, header, body))
 
-    def hold(self, n: int = 1) -> None:
-        """Read the next ``n`` requests but answer none until :meth:`release` (then 2xx)."""
+    def hold(self, n: int = 1, *, after: int = 0) -> None:
+        """Answer ``after`` requests as usual, then read the next ``n`` but answer none until
+        :meth:`release` (then as usual)."""
         self._released.clear()
+        for _ in range(after):
+            self._plan.append(lambda r: _success(r, self._next()))
         for _ in range(n):
             self._plan.append(lambda r: Reply(hold=True))
 
@@ -219,6 +226,10 @@ class FakeWebhookServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             while True:
                 request = await _read_request(reader)
