@@ -314,6 +314,8 @@ class Engine:
         self._on_alerts = on_alerts
         #: Every source ended by itself: the input is caught up with (history ends here).
         self._caught_up = False
+        #: A live instrument made alerts: checkpoint after this batch, not at the interval.
+        self._urgent = False
         self.rebuild = rebuild
         self._instruments = dict(instruments or {})
         self._queue_size = queue_size
@@ -485,7 +487,7 @@ class Engine:
             # catches up with the input) unless live: those alerts are never delivered.
             alert_log.generation = os.urandom(8).hex()
             fresh = not state.files and state.position is None and state.output_length == 0
-            alert_log.catching_up = fresh and not self._live
+            alert_log.catching_up = fresh and not self._realtime(inst_id)
             alert_log.history = state.alerts_length
             pipe.dirty = True
         detector_state = None
@@ -577,11 +579,12 @@ class Engine:
             asyncio.create_task(self._pump(source, queue), name=f"vstream-source-{index}")
             for index, source in enumerate(self.sources)
         ]
-        if self._live:
-            now = self._clock()
-            for pipe in self._pipes.values():
-                if pipe.detector is not None:
-                    pipe.detector.start(now)
+        silent = self._silent_pipes()
+        now = self._clock()
+        for pipe in silent:
+            assert pipe.detector is not None
+            pipe.detector.start(now)
+        watcher = asyncio.create_task(self._watch_silence(silent), name="vstream-silence") if silent else None
         ticker = asyncio.create_task(self._tick()) if self._live else None
         self._start_partials()
         try:
@@ -591,6 +594,9 @@ class Engine:
                 task.cancel()
             if ticker is not None:
                 ticker.cancel()
+            if watcher is not None:
+                watcher.cancel()
+                tasks.append(watcher)
             if self._partial_task is not None:
                 self._partial_task.cancel()
                 tasks.append(self._partial_task)
@@ -658,7 +664,8 @@ class Engine:
             if self._stop.is_set():
                 break
             now = self._clock()
-            if now - last_checkpoint >= self._checkpoint_interval:
+            if self._urgent or now - last_checkpoint >= self._checkpoint_interval:
+                self._urgent = False
                 await self.checkpoint(periodic=True)
                 last_checkpoint = now
 
@@ -705,10 +712,18 @@ class Engine:
         if bars:
             await self._emit(pipe, bars)
 
-    @staticmethod
-    def _alert(pipe: _Pipe, alerts: list[Alert]) -> None:
+    def _realtime(self, inst_id: str) -> bool:
+        """The instrument's source delivers trades as they happen (live)."""
+        source = self._source_of[inst_id]
+        return bool(getattr(source, "realtime", False) or getattr(source, "live", False))
+
+    def _alert(self, pipe: _Pipe, alerts: list[Alert]) -> None:
         if alerts and pipe.alerts is not None:
             pipe.alerts.buffer(alerts)
+            if self._realtime(pipe.instrument.inst_id):
+                # Live: an alert is worth a checkpoint of its own (it is delivered once
+                # durable), a quiet market may bring no batch for long. Rare: big trades.
+                self._urgent = True
 
     def _report_odd(self, pipe: _Pipe, odd: list[tuple[float, bool]]) -> None:
         """Say once per run what contract facts trade lines carry where they differ from the
@@ -779,11 +794,26 @@ class Engine:
                     self._alert(pipe, pipe.detector.bars(bars))
         return closed
 
-    def _silences(self) -> bool:
-        """Live: a silence alert for each instrument quiet for too long; whether any came."""
+    def _silent_pipes(self) -> list[_Pipe]:
+        """Live instruments whose alert rules watch for silence."""
+        return [
+            p for i, p in self._pipes.items()
+            if p.detector is not None and p.detector.rules.enabled and p.detector.rules.silence_seconds > 0
+            and self._realtime(i)
+        ]  # fmt: skip
+
+    async def _watch_silence(self, pipes: list[_Pipe]) -> None:
+        """Live: a silence alert for each instrument quiet for too long, made durable at once."""
+        while True:
+            # Short sleeps, so a clock a test moves is followed.
+            await asyncio.sleep(0.25)
+            if self._silences(pipes):
+                await _shielded(self.checkpoint())
+
+    def _silences(self, pipes: list[_Pipe]) -> bool:
         now = self._clock()
         found = False
-        for pipe in self._pipes.values():
+        for pipe in pipes:
             if pipe.detector is not None:
                 alerts = pipe.detector.silence(now)
                 if alerts:
@@ -807,8 +837,7 @@ class Engine:
         closed = self._close_due()
         for pipe, bars in closed:
             await self._emit(pipe, bars)
-        silent = self._silences()
-        if closed or silent:
+        if closed:
             await self.checkpoint()
 
     # -- durability ------------------------------------------------------------------------

@@ -235,3 +235,51 @@ async def test_live_silence_is_alerted_once_and_live_makes_no_history(tmp_path):
     assert [a.alert_id for a in got] == ["BTC-USDT-SWAP:silence:1"]
     state = read_state(paths.state)
     assert state.alerts is not None and (state.alerts.history, state.alerts.catching_up) == (0, False)
+
+
+class InBand(LiveListSource):
+    """Like OkxSource: trades as they happen, minutes closed by the source itself (no ticker)."""
+
+    live = False
+
+
+async def test_a_realtime_source_makes_no_history_and_is_watched_for_silence(tmp_path):
+    clock = ManualClock(M0 / 1000 + 10)
+    trades = [make_trade(1, "100000", 1000, "buy", M0 + 5_000), make_trade(2, "100000", 1, "buy", M0 + 6_000)]
+    rules = AlertRules(silence_seconds=30, burst_count=0)
+    engine = Engine([InBand(INST, trades, final=False)], clock=clock, vault=tmp_path, alerts=rules)
+    paths = VaultPaths.of(tmp_path, INST)
+
+    def durable() -> list[str]:
+        state = read_state(paths.state) if paths.state.exists() else None
+        if state is None or not state.alerts_length:
+            return []
+        return [a.alert_id for a in alerts_of(tmp_path)[: paths.alerts.read_bytes()[: state.alerts_length].count(b"\n")]]
+
+    async with engine:
+        task = asyncio.create_task(engine.run())
+        # the whale is durable (so deliverable) at once, not at the next periodic checkpoint
+        async with asyncio.timeout(3):
+            while "BTC-USDT-SWAP:whale:1" not in durable():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        clock.t += 31
+        async with asyncio.timeout(10):
+            while "BTC-USDT-SWAP:silence:2" not in durable():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        engine.stop()
+        await task
+    assert [a.alert_id for a in alerts_of(tmp_path)] == ["BTC-USDT-SWAP:whale:1", "BTC-USDT-SWAP:silence:2"]
+    state = read_state(paths.state)
+    assert state.alerts is not None and (state.alerts.history, state.alerts.catching_up) == (0, False)
+
+
+async def test_a_replay_source_is_never_watched_for_silence(tmp_path):
+    clock = ManualClock(M0 / 1000)
+    rules = AlertRules(silence_seconds=1, burst_count=0)
+    engine = Engine([ListSource(INST, stream(40), delay=0.01, batch_size=4)], clock=clock, vault=tmp_path,
+                    alerts=rules)  # fmt: skip
+    async with engine:
+        task = asyncio.create_task(engine.run())
+        clock.t += 100
+        await task
+    assert not any(a.kind == "silence" for a in alerts_of(tmp_path))

@@ -105,6 +105,7 @@ class LiveListSource(ListSource):
     Give ``final=False`` (a live stream has no end of input)."""
 
     live = True
+    realtime = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
