@@ -17,6 +17,7 @@ The smallest embedding::
 
 from typing import TYPE_CHECKING, Any
 
+from .alerts.rules import AlertRules
 from .assembler import AssemblerState, Bar, BarAssembler, Counters
 from .engine import Engine, EngineStats, SinkStats
 from .errors import (
@@ -60,6 +61,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AlertRules",
     "AssemblerState",
     "Bar",
     "BarAssembler",

@@ -353,3 +353,16 @@ async def test_httpx_logs_and_errors_never_show_a_secret(tmp_path, caplog):
     for secret in (DISCORD_TOKEN, TELEGRAM_TOKEN, TELEGRAM_TOKEN.split(":")[1]):
         assert secret not in text  # ... with the path redacted
     assert "ConnectError" in report.failed["gone"]
+
+
+def test_replay_needs_no_secret_of_the_destinations(sample, tmp_path, run_cli: RunCli, monkeypatch):
+    # One config for the scheduled replay and the deliverer: only the deliverer reads the
+    # destinations (and their ${ENV} secrets).
+    monkeypatch.delenv("TEST_DISCORD_WEBHOOK", raising=False)
+    vault = copy_of(sample, tmp_path)
+    config = tmp_path / "v.toml"
+    config.write_text(RULES_TOML + '[[alerts.destinations]]\nname = "desk"\ntype = "discord"\nurl = "${TEST_DISCORD_WEBHOOK}"\n')
+    status, _, err = run_cli("replay", "--instId", BTC, "--vault", str(vault), "--config", str(config))
+    assert status == 0, err
+    status, _, err = run_cli("alerts", "deliver", "--vault", str(vault), "--config", str(config))
+    assert status == 2 and "TEST_DISCORD_WEBHOOK is not set" in err

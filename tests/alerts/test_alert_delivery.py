@@ -357,3 +357,22 @@ async def test_two_deliverers_for_one_destination_are_refused(tmp_path, hooks):
         report = await Deliverer(tmp_path, [dest], deliver_history=True).run()
     assert "another vstream process is delivering to it" in report.failed["bot"]
     assert hooks.requests == []
+
+
+def test_the_redactor_hides_secrets_and_urls_but_keeps_the_words():
+    from urllib.parse import quote
+
+    from vstream.alerts.config import Redactor
+
+    token = "MTIzNDU2Nzg5MDEyMzQ1Njc4.secret-part"
+    dest = Destination(name="d", type="discord", url=f"https://discord.com/api/webhooks/1234567890123456789/{token}")
+    redact = Redactor(dest.secrets())
+    assert redact(f"POST {dest.url} failed") == "POST *** failed"
+    assert redact(f"server said: bad token {token}") == "server said: bad token ***"
+    assert redact(f"encoded {quote(token, safe='')}") == "encoded ***"
+    assert redact("Unknown Webhook at https://discord.com/api/webhooks/other") == "Unknown Webhook at https://discord.com/***"
+    assert redact("HTTP 404: webhooks are gone") == "HTTP 404: webhooks are gone"
+    telegram = Destination(name="t", type="telegram", token="12345:ABCdef-ghi", chat_id=1)
+    assert Redactor(telegram.secrets())("ConnectError: https://api.telegram.org/bot12345:ABCdef-ghi/sendMessage") == (
+        "ConnectError: https://api.telegram.org/***"
+    )

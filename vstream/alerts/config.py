@@ -117,7 +117,9 @@ class Destination(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         found += list(self.headers.values())
         if self.url:
             parts = urlsplit(self.url)
-            found += [p for p in parts.path.split("/") if len(p) >= 8] + ([parts.query] if parts.query else [])
+            # A token's own text (a server may echo it without the URL); long parts only, so
+            # words like "webhooks" stay readable.
+            found += [p for p in parts.path.split("/") if len(p) >= 16] + ([parts.query] if parts.query else [])
         return found
 
 
@@ -152,8 +154,13 @@ def resolve_env(value: str, env: Mapping[str, str], where: str) -> str:
     return _ENV.sub(lookup, value)
 
 
-def parse_alerts(table: Any, env: Mapping[str, str] | None = None, source: str = "config") -> AlertsConfig:
-    """The ``[alerts]`` table (as TOML decodes it) as an :class:`AlertsConfig`."""
+def parse_alerts(
+    table: Any, env: Mapping[str, str] | None = None, source: str = "config", *, destinations: bool = True
+) -> AlertsConfig:
+    """The ``[alerts]`` table (as TOML decodes it) as an :class:`AlertsConfig`.
+
+    Without ``destinations`` they are left out, unread: a command that only makes alerts
+    (``replay``) needs none of their secrets in its environment."""
     env = os.environ if env is None else env
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: [alerts] must be a table")
@@ -162,8 +169,8 @@ def parse_alerts(table: Any, env: Mapping[str, str] | None = None, source: str =
         raise ConfigError(f"{source}: [alerts]: unknown key(s) {', '.join(unknown)}")
     rules = {k: v for k, v in table.items() if k != "destinations"}
     AlertRules().overlay(rules)  # refuse bad rules now, with the file's name
-    destinations: list[Destination] = []
-    raw = table.get("destinations", [])
+    found: list[Destination] = []
+    raw = table.get("destinations", []) if destinations else []
     if not isinstance(raw, list):
         raise ConfigError(f"{source}: alerts.destinations must be an array of tables ([[alerts.destinations]])")
     for index, entry in enumerate(raw):
@@ -184,11 +191,11 @@ def parse_alerts(table: Any, env: Mapping[str, str] | None = None, source: str =
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{where}: {_scrub(str(exc), values)}") from None
         dest.validate()
-        destinations.append(dest)
-    names = [d.name for d in destinations]
+        found.append(dest)
+    names = [d.name for d in found]
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: two alerts destinations share a name")
-    return AlertsConfig(rules, destinations)
+    return AlertsConfig(rules, found)
 
 
 def _scrub(text: str, values: Mapping[str, Any]) -> str:
@@ -199,8 +206,11 @@ def _scrub(text: str, values: Mapping[str, Any]) -> str:
     return text
 
 
-def load_alerts(path: str | Path | None, env: Mapping[str, str] | None = None) -> AlertsConfig:
-    """The ``[alerts]`` table of a TOML config file (empty without a file or a table)."""
+def load_alerts(
+    path: str | Path | None, env: Mapping[str, str] | None = None, *, destinations: bool = True
+) -> AlertsConfig:
+    """The ``[alerts]`` table of a TOML config file (empty without a file or a table); see
+    :func:`parse_alerts` for ``destinations``."""
     if path is None:
         return AlertsConfig()
     try:
@@ -213,7 +223,7 @@ def load_alerts(path: str | Path | None, env: Mapping[str, str] | None = None) -
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     if not isinstance(data, dict) or "alerts" not in data:
         return AlertsConfig()
-    return parse_alerts(data["alerts"], env, f"config file {path}")
+    return parse_alerts(data["alerts"], env, f"config file {path}", destinations=destinations)
 
 
 class Redactor:

@@ -68,15 +68,16 @@ def add_alert_options(p: argparse.ArgumentParser, *, live: bool = False) -> None
     group.add_argument("--no-alerts", action="store_true", help="make no alerts (stored with the instrument)")
 
 
-def alerts_config(args: argparse.Namespace) -> AlertsConfig:
-    """The ``[alerts]`` table of ``--config`` (empty without one)."""
-    return load_alerts(getattr(args, "config", None))
+def alerts_config(args: argparse.Namespace, *, destinations: bool = True) -> AlertsConfig:
+    """The ``[alerts]`` table of ``--config`` (empty without one); ``destinations`` as for
+    :func:`~vstream.alerts.config.parse_alerts`."""
+    return load_alerts(getattr(args, "config", None), destinations=destinations)
 
 
 def alert_rules_of(args: argparse.Namespace, config: AlertsConfig | None = None) -> tuple[AlertRules | None, frozenset[str]]:
     """The alert rules a command was given (config file, then options) and the names of the
     fields given: (None, empty) when none were, so each instrument keeps its stored rules."""
-    config = alerts_config(args) if config is None else config
+    config = alerts_config(args, destinations=False) if config is None else config
     given: dict[str, Any] = dict(config.rules)
     for name in ("whale_trade_usd", "burst_count", "burst_seconds", "burst_usd", "silence_seconds"):
         value = getattr(args, name, None)

@@ -114,6 +114,7 @@ async def run_live(args: argparse.Namespace) -> int:
     vault = vault_of(args)
     settings, given = settings_of(args)
     alerts, alerts_given = alert_rules_of(args)
+    deliverer = live_deliverer(args, vault)  # its secrets are checked before anything starts
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids))
     for inst_id in inst_ids:
         kind_of(inst_id)
@@ -155,7 +156,6 @@ async def run_live(args: argparse.Namespace) -> int:
                 source.stop()
 
         partial = getattr(args, "partial", None)
-        deliverer = live_deliverer(args, vault)
         engine = Engine(
             [source],
             sinks=[] if partial else [show],
