@@ -18,11 +18,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
-from .alerts.detect import Alert, AlertDetector, DetectorState
 from .alerts.rules import AlertRules
 from .assembler import Bar, BarAssembler, Counters
 from .errors import ConfigError, SinkError, SourceError, StateError, VStreamError
@@ -33,6 +32,9 @@ from .sinks import Sink, SinkLike, as_sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
 from .state import AlertLog, FilePos, InstrumentStore, State
+
+if TYPE_CHECKING:
+    from .alerts.detect import Alert, AlertDetector
 
 log = logging.getLogger("vstream")
 
@@ -449,6 +451,10 @@ class Engine:
 
     def _open_alerts(self, pipe: _Pipe, state: State, paths: VaultPaths) -> None:
         """Settle the instrument's alert rules (given over stored) and start its detector."""
+        if self._alert_rules is None and (state.alerts is None or state.alerts.rules is None):
+            return  # no rule ever: nothing of alerts is loaded
+        from .alerts.detect import AlertDetector, DetectorState
+
         inst_id = pipe.instrument.inst_id
         alert_log = state.alerts
         stored: AlertRules | None = None

@@ -29,8 +29,10 @@ TRADE_FIELDS: Final = ("instId", "tradeId", "px", "sz", "side", "ts", "count", "
 MICRO_F: Final = 1_000_000.0
 #: The earliest accepted trade stamp (2017-01-01T00:00:00Z) in milliseconds (SPEC §3).
 MIN_TS_MS: Final = 1_483_228_800_000
-#: ``MinuteRun.big_at`` when no trade is watched: above any notional a trade can have.
-BIG_OFF: Final = 1 << 62
+#: ``MinuteRun.big_at`` when no trade is watched: $2.3e12 in micro-dollars, above any real
+#: trade. Kept inside the compiled code's tagged-int range (below 2**62): a larger constant
+#: is a boxed int, and comparing each trade's notional with it would cost a quarter of replay.
+BIG_OFF: Final = 1 << 61
 #: The proleptic Gregorian ordinal of 1970-01-01 (``date.toordinal``).
 _EPOCH_ORDINAL: Final = 719_163
 _UTC: Final = UTC

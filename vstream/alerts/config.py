@@ -34,8 +34,7 @@ import msgspec
 
 from ..errors import ConfigError
 from ..instruments import kind_of
-from .detect import KINDS
-from .rules import RULE_FIELDS, AlertRules
+from .rules import KINDS, RULE_FIELDS, AlertRules
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

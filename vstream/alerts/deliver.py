@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import math
 import random
@@ -124,6 +123,8 @@ def _retry_after_header(value: str | None, now: float) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils  # an HTTP date: rare
+
         try:
             moment = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):

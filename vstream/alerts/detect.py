@@ -26,9 +26,7 @@ from ..instruments import Instrument
 from ..kernel import MINUTE_MS
 from ..query import signal_tags, timeframe_of
 from ..trades import Trade
-from .rules import AlertRules
-
-KINDS = ("whale", "burst", "bar", "silence")
+from .rules import KINDS, AlertRules
 
 
 class Alert(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -106,7 +104,8 @@ def _number(value: float) -> str:
 
 
 def _minute(stamp: str) -> int:
-    moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    """Minutes since the epoch of a bar's ``timestamp_utc`` (``2025-12-14T21:34:00Z``)."""
+    moment = datetime.fromisoformat(stamp.removesuffix("Z")).replace(tzinfo=UTC)
     return int(moment.timestamp()) * 1000 // MINUTE_MS
 
 
@@ -144,7 +143,7 @@ class AlertDetector:
         out: list[Alert] = []
         j = 0
         for bar in bars:
-            if not isinstance(bar.timeframe, str):
+            if j < len(trades) and not isinstance(bar.timeframe, str):
                 minute = _minute(bar.timestamp_utc)
                 while j < len(trades) and trades[j].ts // MINUTE_MS <= minute:
                     out += self._trade(trades[j])

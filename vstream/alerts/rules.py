@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..errors import ConfigError
-from ..filters import BarFilter, parse_filter
 
+if TYPE_CHECKING:
+    from ..filters import BarFilter
+
+#: The kinds of alert.
+KINDS = ("whale", "burst", "bar", "silence")
 #: Fields of :class:`AlertRules` (the keys of ``[alerts]`` that are not destinations).
 RULE_FIELDS = ("enabled", "whale_trade_usd", "burst_count", "burst_seconds", "burst_usd", "silence_seconds", "bars")
 _MAX_NAME = 200
@@ -54,6 +58,8 @@ class AlertRules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             raise ConfigError(f"alerts: burst_count must be 0 (off) or 2 to 10000, got {self.burst_count}")
         if not (math.isfinite(self.silence_seconds) and self.silence_seconds >= 0):
             raise ConfigError(f"alerts: silence_seconds must be >= 0 (0: off), got {self.silence_seconds!r}")
+        from ..filters import parse_filter  # (with the signal words: only once rules are used)
+
         for name, text in self.bars.items():
             if not name or len(name) > _MAX_NAME or not name.isprintable():
                 raise ConfigError(f"alerts: bar rule name {name!r} must be 1 to {_MAX_NAME} printable characters")
@@ -68,6 +74,8 @@ class AlertRules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     def filters(self) -> list[tuple[str, BarFilter]]:
         """The bar rules parsed, in name order."""
+        from ..filters import parse_filter
+
         return [(name, parse_filter(self.bars[name])) for name in sorted(self.bars)]
 
     def watch_usd(self) -> float | None:
@@ -110,6 +118,8 @@ def _show(value: Any) -> str:
 def bar_rules(texts: Iterable[str]) -> dict[str, str]:
     """Bar rules given on the command line (``--alert-bar EXPR``): each named by its
     canonical text, so the same rule keeps the same alert ids whichever way it is written."""
+    from ..filters import parse_filter
+
     out: dict[str, str] = {}
     for text in texts:
         parsed = parse_filter(text)
@@ -117,4 +127,4 @@ def bar_rules(texts: Iterable[str]) -> dict[str, str]:
     return out
 
 
-__all__ = ["RULE_FIELDS", "AlertRules", "bar_rules"]
+__all__ = ["KINDS", "RULE_FIELDS", "AlertRules", "bar_rules"]

@@ -14,19 +14,20 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from ..alerts.config import AlertsConfig, load_alerts
-from ..alerts.deliver import Deliverer
-from ..alerts.detect import KINDS, Alert
-from ..alerts.files import alert_file, alert_instruments, read_lines
-from ..alerts.message import summary
-from ..alerts.rules import AlertRules, bar_rules
+from ..alerts.rules import KINDS, AlertRules, bar_rules
 from ..errors import ConfigError
 from ..instruments import kind_of
 from .common import add_vault_option, bar_count, positive_number, print_out, time_range, vault_of
+
+# Loaded by the commands that use them: the others start without them.
+if TYPE_CHECKING:
+    from ..alerts.deliver import Deliverer
+    from ..alerts.detect import Alert
 
 log = logging.getLogger("vstream")
 T = TypeVar("T")
@@ -104,6 +105,8 @@ def live_deliverer(args: argparse.Namespace, vault: Path, config: AlertsConfig |
     config = alerts_config(args) if config is None else config
     if not config.destinations:
         return None
+    from ..alerts.deliver import Deliverer
+
     return Deliverer(vault, config.destinations, follow=True, deliver_history=getattr(args, "deliver_history", False))
 
 
@@ -210,6 +213,8 @@ async def _deliver(args: argparse.Namespace) -> int:
         destinations = [d for d in destinations if d.name in args.names]
     for inst in args.inst_ids or []:
         kind_of(inst)
+    from ..alerts.deliver import Deliverer
+
     deliverer = Deliverer(
         vault, destinations, follow=args.follow, deliver_history=args.deliver_history,
         inst_ids=args.inst_ids, max_attempts=args.max_attempts,
@@ -245,10 +250,10 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-_alert = msgspec.json.Decoder(Alert)
-
-
 def _list(args: argparse.Namespace) -> int:
+    from ..alerts.files import alert_instruments
+    from ..alerts.message import summary
+
     vault = vault_of(args)
     if not vault.is_dir():
         raise ConfigError(f"vault {vault} does not exist")
@@ -272,6 +277,10 @@ def _list(args: argparse.Namespace) -> int:
 def _alerts_of(
     vault: Path, inst: str, kinds: list[str] | None, since: str | None, until: str | None
 ) -> Iterator[tuple[Alert, bytes]]:
+    from ..alerts.detect import Alert
+    from ..alerts.files import alert_file, read_lines
+
+    decoder = msgspec.json.Decoder(Alert)
     af = alert_file(vault, inst)
     if af is None:
         return
@@ -280,7 +289,7 @@ def _alerts_of(
         for _, end, line in lines:
             pos = end
             try:
-                alert = _alert.decode(line)
+                alert = decoder.decode(line)
             except msgspec.DecodeError:
                 continue
             if kinds and alert.kind not in kinds:

@@ -6,11 +6,10 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..alerts.status import DestinationStatus, delivery_lines, delivery_status
 from ..errors import ConfigError
 from ..query import (
     STATUS_COLUMNS,
@@ -21,6 +20,9 @@ from ..query import (
     vault_status,
 )
 from .common import add_vault_option, stdout_closed, vault_of
+
+if TYPE_CHECKING:
+    from ..alerts.status import DestinationStatus
 
 
 def max_lag(text: str) -> float:
@@ -71,6 +73,8 @@ def _status(args: Any) -> int:
     if not vault.is_dir():
         raise ConfigError(f"vault {vault} does not exist")
     result = vault_status(vault, args.inst_ids, max_lag=args.max_lag, remember=not args.no_remember)
+    from ..alerts.status import delivery_status
+
     deliveries = delivery_status(vault)
     verdict = 0 if all(s.ok for s in result) and all(d.ok for d in deliveries) else 1
     try:
@@ -97,6 +101,8 @@ def _write(args: Any, vault: Path, result: list[InstrumentStatus], deliveries: l
                 out.write(f"{st.instId}: PROBLEM: {problem}\n")
             for note in st.notes:
                 out.write(f"{st.instId}: note: {note}\n")
+        from ..alerts.status import delivery_lines
+
         for line in delivery_lines(deliveries):
             out.write(line + "\n")
     out.flush()
