@@ -40,3 +40,40 @@ def exporter_line(
 def write_lines(path: Path, lines: Iterable[str], newline: str = "\n") -> None:
     """Write ``lines``, each followed by ``newline``."""
     path.write_bytes("".join(line + newline for line in lines).encode())
+
+
+def windows_argv(line: str) -> list[str]:
+    """Split a command line as the Microsoft C runtime (CommandLineToArgvW) does: the rules
+    a Windows program such as ``vstream.exe`` gets its arguments by."""
+    args: list[str] = []
+    word: list[str] = []
+    quoted = started = False
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            n = len(line[i:]) - len(line[i:].lstrip("\\"))
+            i += n
+            if i < len(line) and line[i] == '"':
+                word.append("\\" * (n // 2))
+                if n % 2:
+                    word.append('"')
+                    i += 1
+            else:
+                word.append("\\" * n)
+            started = True
+            continue
+        if c == '"':
+            quoted = not quoted
+            started = True
+        elif c in " \t" and not quoted:
+            if started:
+                args.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(c)
+            started = True
+        i += 1
+    if started:
+        args.append("".join(word))
+    return args

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from vstream.assembler import Bar
@@ -209,3 +210,63 @@ def test_summary_and_legend_give_each_number_one_name(tmp_path: Path, run_cli: R
     assert summary == {**expected, "whale_bars": whale_bars, "whale_trades": whale_trades}
     assert legend == {"absorption": expected["absorption"], "bearish divergence": expected["bearish"],
                       "bullish divergence": expected["bullish"], "whale trades": whale_trades}  # fmt: skip
+
+
+POOR = {15: {"poor_high": True}, 33: {"poor_low": True}, 40: {"poor_high": True, "poor_low": True}}
+
+
+def footprint_bars() -> list[Bar]:
+    """The synthetic bars as footprint bars: each says whether its high and low are poor."""
+    return [
+        msgspec.structs.replace(bar, **{"poor_high": False, "poor_low": False, **POOR.get(int(bar.timestamp_utc[14:16]), {})})
+        for bar in synthetic()
+    ]
+
+
+def test_poor_highs_and_lows_are_marked_only_on_bars_that_have_them() -> None:
+    chart = render(footprint_bars())
+    poor = sorted((m.timestamp_utc[11:16], m.kind) for m in chart.markers if m.kind.startswith("poor"))
+    assert poor == [("00:15", "poor_high"), ("00:33", "poor_low"), ("00:40", "poor_high"), ("00:40", "poor_low")]
+    assert (chart.counts["poor_high"], chart.counts["poor_low"]) == (2, 2)
+    assert chart.summary().endswith("poor_high=2 poor_low=2")
+    assert ">poor high (2) / low (2), untouched</text>" in chart.svg
+    both = {m.kind: m for m in chart.markers if m.timestamp_utc == "2025-01-01T00:40:00Z"}
+    assert both["poor_high"].y < both["poor_low"].y  # at the high, above the low
+    # 00:15's high 102.0 is reached again at 00:35, 00:33's low 100.6 and 00:40's high 97.3
+    # right after; 00:40's low 96.5 is the lowest low from there on: it alone runs on
+    assert [(m.timestamp_utc[11:16], m.kind) for m in chart.untouched] == [("00:40", "poor_low")]
+    assert chart.untouched[0].y == both["poor_low"].y
+    # bars without a footprint: no mark, and the summary and legend are what they were
+    plain = render(synthetic())
+    assert "poor_high" not in plain.counts and "poor high" not in plain.svg
+
+
+@needs_raster
+def test_poor_marks_are_drawn_across_the_tip_of_their_wick() -> None:
+    chart = render(footprint_bars(), style="candles")
+    image = rasterize(chart.svg)
+    poor = [m for m in chart.markers if m.kind.startswith("poor")]
+    assert len(poor) == 4
+    white = (255, 255, 255)
+    for marker in poor:
+        x, y = round(marker.x), round(marker.y)
+        # the dash is wider than the wick: its colour left of it, on it and right of it
+        for dx in (-4, 0, 4):
+            pixel = image.getpixel((x + dx, y))
+            assert close_to(pixel, MARKER_COLORS[marker.kind], 30), (marker, dx, pixel)
+        # at the tip: the wick goes on below a poor high's dash (above a poor low's), and
+        # beside the wick past the dash there is only background
+        inward = 4 if marker.kind == "poor_high" else -4
+        assert image.getpixel((x, y + inward)) != white, marker
+        assert image.getpixel((x + 4, y - inward)) == white, marker
+    # the untouched poor low's dashed line runs on to the right edge of the price panel
+    ray = chart.untouched[0]
+    left, _, width, _ = chart.price_panel
+    for x0 in range(round(ray.x) + 20, round(left + width) - 10, 40):
+        span = [image.getpixel((x, round(ray.y))) for x in range(x0, x0 + 9)]
+        assert any(close_to(p, MARKER_COLORS["poor_low"], 30) for p in span), x0
+    # a bar without a poor extreme has no dash anywhere in its column
+    plain = round(chart.bar_x["2025-01-01T00:16:00Z"])
+    top, height = chart.price_panel[1], chart.price_panel[3]
+    column = [image.getpixel((plain + 4, y)) for y in range(round(top) + 1, round(top + height))]
+    assert not any(close_to(p, MARKER_COLORS["poor_high"], 30) for p in column)

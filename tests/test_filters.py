@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 
 from vstream import Bar, ConfigError
 from vstream.assembler import Stack
@@ -28,13 +28,6 @@ def bar(**changes: Any) -> Bar:
     )  # fmt: skip
     base.update(changes)
     return Bar(**base)
-
-
-class PoorBar(Bar, kw_only=True):
-    """A bar as the poor highs/lows work will write it: the flags as extra keys."""
-
-    poor_high: bool | UnsetType = UNSET
-    poor_low: bool | UnsetType = UNSET
 
 
 @pytest.mark.parametrize(
@@ -109,7 +102,7 @@ WARM = bar(volume_tier=None, absorption=False, whale_count=2)
 STACK_SELL = bar(stacked=[Stack("sell", "99", "101", 3)], poc="100")
 STACK_BUY = bar(stacked=[Stack("buy", "99", "101", 3)], poc="110")
 PLAIN_POC = bar(poc="100")
-POOR_HIGH = PoorBar(**msgspec.structs.asdict(bar()), poor_high=True, poor_low=False)
+POOR_HIGH = bar(poor_high=True, poor_low=False)
 FIVE = bar(timeframe="5m", volume_tier="T4", absorption=True)
 
 
@@ -151,12 +144,15 @@ def test_hand_table(text: str, current: Bar, previous: Bar | None, expected: boo
 
 
 def test_poor_flags_are_read_from_the_bar_lines_keys():
-    # The filter reads the keys by name: a bar line carrying them, decoded by a Bar that
-    # knows them, matches; the same line decoded by a Bar that does not never does.
+    # The keys a footprint bar line carries (poor_high/poor_low), read back from the line;
+    # a line without them (no footprint) never matches.
     line = msgspec.json.encode(POOR_HIGH)
-    assert b'"poor_high":true' in line
-    assert parse_filter("poor-high").matches(msgspec.json.decode(line, type=PoorBar))
-    assert not parse_filter("poor-high").matches(msgspec.json.decode(line, type=Bar))
+    assert b'"poor_high":true,"poor_low":false' in line
+    assert parse_filter("poor-high").matches(msgspec.json.decode(line, type=Bar))
+    assert not parse_filter("poor-low").matches(msgspec.json.decode(line, type=Bar))
+    plain = msgspec.json.decode(msgspec.json.encode(bar()), type=Bar)
+    assert b"poor_" not in msgspec.json.encode(plain)
+    assert not parse_filter("poor-high or poor-low").matches(plain)
 
 
 def test_previous_and_timeframes_are_known_from_the_words():
@@ -181,6 +177,8 @@ _bars = st.builds(
         st.lists(st.sampled_from([Stack("buy", "1", "3", 3), Stack("sell", "1", "3", 3)]), max_size=2),
     ),
     poc=st.one_of(st.just(UNSET), st.sampled_from(["100", "105", "110"])),
+    poor_high=st.sampled_from([UNSET, True, False]),
+    poor_low=st.sampled_from([UNSET, True, False]),
 )
 
 
@@ -194,15 +192,17 @@ _bars = st.builds(
     stacked=st.sampled_from([None, "buy", "sell"]),
     shift=st.sampled_from([None, "up", "down", "any"]),
     least=st.sampled_from([Decimal(0), Decimal(5), Decimal(10)]),
+    poor_high=st.booleans(),
+    poor_low=st.booleans(),
 )
 def test_an_expression_means_what_the_signals_options_mean(
-    current, previous, tiers, absorption, divergence, whale, stacked, shift, least
+    current, previous, tiers, absorption, divergence, whale, stacked, shift, least, poor_high, poor_low
 ):
     # `signals --tier T3,T4 --absorption --divergence bearish` is "a tier of those and at
     # least one of the signals": the expression in the same words gives the same bars.
     flt = SignalFilter(
         tiers=frozenset(tiers), absorption=absorption, divergence=divergence, whale=whale,
-        stacked=stacked, poc_shift=shift, poc_shift_min=least,
+        stacked=stacked, poc_shift=shift, poc_shift_min=least, poor_high=poor_high, poor_low=poor_low,
     )  # fmt: skip
     signals = [
         *(["absorption"] if absorption else []),
@@ -210,6 +210,8 @@ def test_an_expression_means_what_the_signals_options_mean(
         *([f"stacked-imbalance={stacked}"] if stacked else []),
         *([f"(poc-shift={shift} and poc-shift-min={least})"] if shift else []),
         *(["whale"] if whale else []),
+        *(["poor-high"] if poor_high else []),
+        *(["poor-low"] if poor_low else []),
     ]
     parts = [f"tier={','.join(sorted(tiers))}"] if tiers else []
     if signals:

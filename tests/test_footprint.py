@@ -77,6 +77,7 @@ def test_footprint_of_a_bar_against_a_hand_table():
     assert keys[: len(plain_keys)] == plain_keys
     assert keys[len(plain_keys) :] == [
         "footprint", "poc", "vah", "val", "imbalances", "stacked", "delta_min", "delta_max", "cvd",
+        "poor_high", "poor_low",
     ]  # fmt: skip
 
 
@@ -226,17 +227,17 @@ def test_command_line_options_reach_the_settings():
     from vstream.cli.common import settings_of
 
     args = build_parser().parse_args(
-        ["replay", "--instId", "X", "--footprint", "10", "--footprint", "ETH-USDT-SWAP=0.5", "--cvd",
+        ["replay", "--instId", "BTC-USDT-SWAP", "--footprint", "10", "--footprint", "ETH-USDT-SWAP=0.5", "--cvd",
          "--imbalance-ratio", "2.5", "--stacked-levels", "4", "--value-area", "0.68"]
     )  # fmt: skip
     got, given = settings_of(args)
     assert {"footprint_tick", "footprint", "cvd", "imbalance_ratio", "stacked_levels", "value_area"} <= given
     assert (got.footprint_tick, got.footprint, got.cvd) == (10.0, {"ETH-USDT-SWAP": 0.5}, True)
     assert (got.imbalance_ratio, got.stacked_levels, got.value_area) == (2.5, 4, 0.68)
-    plain, given = settings_of(build_parser().parse_args(["replay", "--instId", "X"]))
+    plain, given = settings_of(build_parser().parse_args(["replay", "--instId", "BTC-USDT-SWAP"]))
     assert plain == Settings() and not given
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["replay", "--instId", "X", "--footprint", "ten"])
+        build_parser().parse_args(["replay", "--instId", "BTC-USDT-SWAP", "--footprint", "ten"])
 
 
 # -- CVD over days --------------------------------------------------------------------------

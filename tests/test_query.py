@@ -247,6 +247,9 @@ def test_growing_rejects_are_reported_once(copy: Path, run_cli: RunCli) -> None:
     with newest.open("a") as handle:
         handle.write('{"instId":"BTC-USDT-SWAP","tradeId":"1","px":"1","sz":"0","side":"buy","ts":"1735790000000"}\n')
         handle.write("garbage\n")
+        # Good lines too: a run that rejects all (or most) of what it read is another problem.
+        for tid in (1, 2, 3):
+            handle.write(f'{{"instId":"BTC-USDT-SWAP","tradeId":"{tid}","px":"1","sz":"1","side":"buy","ts":"1735790000000"}}\n')
     assert run_cli("status", "--vault", str(copy))[0] == 0
     assert VaultPaths.of(copy, BTC).raw_dir.exists()
     st = vault_status(copy, [BTC], now=NOW, remember=False)[0]
@@ -272,6 +275,35 @@ def test_never_replayed_instrument(copy: Path, run_cli: RunCli) -> None:
 def test_status_of_a_missing_vault(tmp_path: Path, run_cli: RunCli) -> None:
     status, _, err = run_cli("status", "--vault", str(tmp_path / "nowhere"))
     assert status == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("given", ["parent", "derived", "derived/volume/okx", "elsewhere"])
+def test_status_of_a_folder_that_is_not_a_vault_is_a_usage_error(
+    replayed: Path, tmp_path: Path, run_cli: RunCli, given: str
+) -> None:
+    # Not "no instruments" and exit 0, which a health check reads as fine: the folder named
+    # (the vault's parent, its derived/ folder, ...) holds none of what a vault holds.
+    folder = {"parent": replayed.parent, "elsewhere": tmp_path}.get(given) or replayed / given
+    status, out, err = run_cli("status", "--vault", str(folder), "--no-remember")
+    assert status == 2 and out == "", err
+    assert len(err.splitlines()) == 1, err
+    assert f"{folder} is not a vault" in err
+    for part in ("raw/okx/trades_*", "derived/volume", "state/volume"):
+        assert part in err
+    if given == "elsewhere":
+        assert "did you mean" not in err
+    else:
+        assert f"did you mean {replayed}?" in err
+    status, _, err = run_cli("status", "--vault", str(folder), "--instId", BTC, "--no-remember")
+    assert status == 2 and "is not a vault" in err
+
+
+def test_status_of_a_vault_with_no_instruments_yet(tmp_path: Path, run_cli: RunCli) -> None:
+    vault = tmp_path / "Vault"
+    (vault / "raw" / "okx" / "trades_perps").mkdir(parents=True)  # the exporter has not written yet
+    status, out, err = run_cli("status", "--vault", str(vault), "--no-remember")
+    assert status == 0, err
+    assert out == f"no instruments in vault {vault} yet (no trade files in raw/okx/trades_*/INSTID/, no replay states)\n"
 
 
 def test_status_flags_an_instrument_without_trade_files(copy: Path, run_cli: RunCli) -> None:

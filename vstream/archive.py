@@ -10,6 +10,12 @@ Formats read: the current header ``instrument_name,trade_id,side,price,size,crea
 older files without a header (columns in that order unless ``columns`` says otherwise); and
 older bilingual headers in GBK (``trade_id/成交id``...) with the columns in any order.
 
+The lines keep the format the vault already holds (:func:`vstream.recording.choose_format`,
+``line_format`` chooses): into an instrument whose day files hold the trader's exporter lines,
+exporter lines are written (its twelve string keys, ``ctVal``/``ctType`` as the instrument's
+text: see :func:`vstream.recording.record_style`), with the line ends of the file written to
+(of the instrument's newest file for a new day file; the platform's for a new instrument).
+
 Importing is idempotent: a trade whose ``tradeId`` is already in its day file is skipped, so
 re-importing an archive changes nothing. Rows are written in ``(ts, tradeId)`` order: appended
 where they come after a day file's last trade (the normal case, archives imported in date
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import mmap
 import os
@@ -47,7 +54,10 @@ import filelock
 import msgspec
 
 from .errors import ConfigError, LockedError, SourceError, StateError
+from .formats import FORMATS, exporter
+from .formats.common import Trade
 from .instruments import VaultPaths, kind_of
+from .recording import RecordStyle, choose_format, file_newline, newline_for, record_style
 from .state import State, read_state, write_atomic
 
 #: Column names of OKX's current archive CSV, in its order (also the default for no header).
@@ -171,6 +181,16 @@ class _Plan:
     late: int = 0
     consumed: bool = False
     existing: _Existing = field(default_factory=_Existing)
+    #: Written as exporter lines in this style (None: OKX objects, as spooled).
+    style: RecordStyle | None = None
+
+    @property
+    def newline(self) -> bytes:
+        return self.style.newline if self.style is not None else b"\n"
+
+    def render(self, line: bytes) -> bytes:
+        """A spooled row's line as written to the target."""
+        return line if self.style is None else _exporter_line(line, self.style)
 
 
 # -- reading archives ---------------------------------------------------------------------
@@ -440,12 +460,23 @@ def _bad(report: ImportReport, message: str) -> None:
 # -- what the vault already holds ---------------------------------------------------------
 
 
+#: "now" for reading the stamps of lines already in the vault: no upper bound.
+_NO_LIMIT_MS = 1 << 62
+
+
 def _line_keys(line: bytes) -> list[tuple[int, int]]:
-    """``(ts, tradeId)`` of each trade in one raw line (flat trade or push envelope)."""
+    """``(ts, tradeId)`` of each trade in one raw line (flat trade, push envelope or exporter
+    line: ``timestamp_utc`` to milliseconds, ``trade_id``)."""
     try:
         obj = msgspec.json.decode(line)
     except msgspec.DecodeError:
         return []
+    if isinstance(obj, dict) and exporter.is_exporter(obj):
+        ts = exporter.stamp_ms(obj.get("timestamp_utc"), _NO_LIMIT_MS)
+        try:
+            return [] if isinstance(ts, str) else [(ts, int(obj["trade_id"]))]
+        except (TypeError, ValueError):
+            return []
     items = obj.get("data") if isinstance(obj, dict) and "data" in obj else [obj]
     keys = []
     if isinstance(items, list):
@@ -554,6 +585,28 @@ def _plan(inst_id: str, day: str, spool: _Spool, paths: VaultPaths, state: State
 # -- writing ------------------------------------------------------------------------------
 
 
+class _Row(msgspec.Struct):
+    instId: str
+    tradeId: str
+    px: str
+    sz: str
+    side: str
+    ts: str
+
+
+_row_decoder = msgspec.json.Decoder(_Row)
+
+
+def _exporter_line(line: bytes, style: RecordStyle) -> bytes:
+    """A spooled row (a flat OKX trade, as :func:`_spool_archive` writes it) as an exporter
+    line of ``style``."""
+    row = _row_decoder.decode(line)
+    trade = Trade(
+        instId=row.instId, tradeId=row.tradeId, px=row.px, sz=float(row.sz), side=row.side, ts=int(row.ts)
+    )
+    return style.line(trade)
+
+
 def _append(plan: _Plan) -> None:
     target = plan.target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -562,12 +615,12 @@ def _append(plan: _Plan) -> None:
         try:
             if plan.existing.size and not plan.existing.ends_with_newline:
                 # An unterminated last line (a crashed writer) must not swallow our first row.
-                out.write(b"\n")
+                out.write(plan.newline)
             offsets = plan.spool.offsets
             chunk: list[bytes] = []
             for i in plan.append:
                 assert view is not None
-                chunk.append(view[offsets[i] : offsets[i + 1]])
+                chunk.append(plan.render(view[offsets[i] : offsets[i + 1]]))
                 if len(chunk) >= 8192:
                     out.write(b"".join(chunk))
                     chunk.clear()
@@ -587,7 +640,7 @@ def _merge(plan: _Plan) -> None:
     except OSError as exc:
         raise SourceError(f"cannot read {target}: {exc}") from exc
     if existing_lines and not existing_lines[-1].endswith(b"\n"):
-        existing_lines[-1] += b"\n"
+        existing_lines[-1] += plan.newline
     keyed: list[tuple[tuple[int, int], bytes]] = []
     key = (-1, -1)
     for line in existing_lines:
@@ -606,7 +659,7 @@ def _merge(plan: _Plan) -> None:
         while j < len(keyed) and keyed[j][0] <= row_key:
             out.append(keyed[j][1])
             j += 1
-        out.append(data[spool.offsets[row] : spool.offsets[row + 1]])
+        out.append(plan.render(data[spool.offsets[row] : spool.offsets[row + 1]]))
     out.extend(line for _, line in keyed[j:])
     write_atomic(target, b"".join(out))
 
@@ -625,11 +678,14 @@ def import_archives(
     allow_stale: bool = False,
     progress: Any = None,
     clock: Callable[[], float] = time.time,
+    line_format: str | None = None,
 ) -> list[ImportReport]:
     """Import OKX daily trade archives (``.zip`` or ``.csv``) into ``vault``; one report each.
 
     Archives are taken in date order (as found in their names). ``inst_ids`` keeps only those
     instruments' rows; ``columns`` gives the column order of files without a header.
+    ``line_format`` (``okx``/``exporter``) is the format to write; None: the one each
+    instrument's files hold (see the module docs).
     Raises :class:`StateError` (nothing written for that archive) when rows would land before
     what replay already consumed, unless ``allow_stale``; :class:`LockedError` while another
     vstream process works on the instrument.
@@ -640,6 +696,8 @@ def import_archives(
             raise ConfigError(f"--columns must name each of {','.join(ARCHIVE_COLUMNS)} once")
     for inst in inst_ids or ():
         kind_of(inst)
+    if line_format is not None and line_format not in FORMATS:
+        raise ConfigError(f"line format must be okx or exporter, not {line_format!r}")
     vault = Path(vault)
     paths_in = sorted((Path(a) for a in archives), key=_sort_key)
     for path in paths_in:
@@ -655,6 +713,7 @@ def import_archives(
                 allow_stale=allow_stale,
                 progress=progress,
                 now_ms=int(clock() * 1000),
+                line_format=line_format,
             )
         )
     return reports
@@ -669,6 +728,7 @@ def _import_one(
     allow_stale: bool,
     progress: Any,
     now_ms: int,
+    line_format: str | None = None,
 ) -> ImportReport:
     report = ImportReport(path.name)
     scratch = vault / "state" / "tmp"
@@ -686,7 +746,7 @@ def _import_one(
         for (inst, day), spool in sorted(spools.items()):
             by_inst.setdefault(inst, []).append((day, spool))
         for inst, days in by_inst.items():
-            _import_instrument(vault, inst, days, report, allow_stale)
+            _import_instrument(vault, inst, days, report, allow_stale, line_format)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -695,7 +755,12 @@ def _import_one(
 
 
 def _import_instrument(
-    vault: Path, inst: str, days: list[tuple[str, _Spool]], report: ImportReport, allow_stale: bool
+    vault: Path,
+    inst: str,
+    days: list[tuple[str, _Spool]],
+    report: ImportReport,
+    allow_stale: bool,
+    line_format: str | None = None,
 ) -> None:
     paths = VaultPaths.of(vault, inst)
     try:
@@ -734,6 +799,14 @@ def _import_instrument(
                     f"{inst}: {plan.target} is a compressed archive and cannot take new trades; "
                     f"decompress it (gunzip) and import again"
                 )
+        writing = [p for p in plans if p.append or p.insert]
+        if writing and choose_format(vault, inst, line_format) == "exporter":
+            # Settled before anything is written: new day files all get the same line ends.
+            style = record_style(vault, inst, newline=newline_for(paths.raw_dir))
+            for plan in writing:
+                # The line ends of the file written to, where it has a line already.
+                newline = file_newline(plan.target) or style.newline
+                plan.style = dataclasses.replace(style, newline=newline)
         for plan in plans:
             added = len(plan.append) + len(plan.insert)
             report.duplicates += len(plan.spool.ts) - added

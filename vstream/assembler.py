@@ -97,6 +97,10 @@ class Bar(msgspec.Struct, gc=False, kw_only=True):
     delta_min: str | UnsetType = UNSET
     delta_max: str | UnsetType = UNSET
     cvd: str | UnsetType = UNSET
+    #: With a footprint tick: whether the bar's highest (lowest) level traded both buy and
+    #: sell, each at least ``poor_min_usd`` (an unfinished auction; docs/levels.md).
+    poor_high: bool | UnsetType = UNSET
+    poor_low: bool | UnsetType = UNSET
     #: Only on bars of a partial stream: false while the bar is still forming.
     final: bool | UnsetType = UNSET
 
@@ -327,6 +331,18 @@ class Footprint(msgspec.Struct, gc=False):
     val: str
     imbalances: list[Imbalance]
     stacked: list[Stack]
+    poor_high: bool = False
+    poor_low: bool = False
+
+
+def poor_level(cell: list[int], poor_min: tuple[int, int] = (0, 1)) -> bool:
+    """Whether a footprint level (``[buy, sell, trades]``, exact micro-dollars) is an
+    unfinished auction: buy > 0 and sell > 0, and each ≥ ``poor_min`` dollars (an exact
+    (numerator, denominator))."""
+    buy, sell = cell[0], cell[1]
+    num, den = poor_min
+    floor = num * MICRO
+    return buy > 0 and sell > 0 and buy * den >= floor and sell * den >= floor
 
 
 def footprint_of(
@@ -335,15 +351,18 @@ def footprint_of(
     ratio: tuple[int, int] = (3, 1),
     stacked_levels: int = 3,
     value_area: tuple[int, int] = (7, 10),
+    poor_min: tuple[int, int] = (0, 1),
 ) -> Footprint:
     """The footprint keys of a bar from its levels (``level -> [buy, sell, trades]``, exact
-    micro-dollars); ``tick``, ``ratio`` and ``value_area`` as exact (numerator, denominator).
+    micro-dollars); ``tick``, ``ratio``, ``value_area`` and ``poor_min`` (dollars) as exact
+    (numerator, denominator).
 
     POC: the level with the most volume, the lowest on ties. Value area: from the POC, the
     next traded level above and the next below are compared and the one with more volume
     joins (the lower on ties), until the area holds ``value_area`` of the bar's volume.
     Imbalance: buy at L ≥ ratio × sell at L − tick (buy), sell at L ≥ ratio × buy at L + tick
     (sell), the level across inside the bar's range (untraded counts 0) and the side > 0.
+    Poor high (low): the highest (lowest) level is :func:`poor_level`.
     """
     keys = sorted(book)
     text = [_level_text(k, tick) for k in keys]
@@ -394,7 +413,10 @@ def footprint_of(
                     found.append((low, side, Stack(side, text[low], text[high], j - start)))
                 start = j
     found.sort(key=lambda item: (item[0], item[1]))
-    return Footprint(levels, text[poc], text[hi], text[lo], imbalances, [f[2] for f in found])
+    return Footprint(
+        levels, text[poc], text[hi], text[lo], imbalances, [f[2] for f in found],
+        poor_level(cells[-1], poor_min), poor_level(cells[0], poor_min),
+    )  # fmt: skip
 
 
 def _copy(agg: Aggregate) -> Aggregate:
@@ -433,6 +455,7 @@ class _Series:
         "next_start",
         "open",
         "ordered",
+        "poor_min",
         "ratios",
         "stacked_levels",
         "tick",
@@ -460,6 +483,7 @@ class _Series:
         self.imbalance = _fraction(settings.imbalance_ratio)
         self.stacked_levels = settings.stacked_levels
         self.area = _fraction(settings.value_area)
+        self.poor_min = _fraction(settings.poor_min_usd)
         self.flow = settings.cvd
         # The day's delta up to the last finished bar (kept whether or not it is printed).
         self.cvd_day = -1
@@ -560,8 +584,9 @@ class _Series:
             bar.gap = True
         if self.label != "1m":
             bar.timeframe = self.label
+        fp: Footprint | None = None
         if self.tick is not None and agg.book:
-            fp = footprint_of(agg.book, self.tick, self.imbalance, self.stacked_levels, self.area)
+            fp = footprint_of(agg.book, self.tick, self.imbalance, self.stacked_levels, self.area, self.poor_min)
             bar.footprint = fp.levels
             bar.poc = fp.poc
             bar.vah = fp.vah
@@ -572,6 +597,10 @@ class _Series:
             bar.delta_min = _signed_usd(agg.delta_min)
             bar.delta_max = _signed_usd(agg.delta_max)
             bar.cvd = _signed_usd(cvd)
+        if fp is not None:
+            # After every order-flow key that existed before them (extra keys only follow).
+            bar.poor_high = fp.poor_high
+            bar.poor_low = fp.poor_low
         return bar
 
     def add(self, agg: Aggregate, out: list[Bar]) -> None:

@@ -4,8 +4,10 @@ The picture is a self-contained SVG written here (no library, no CDN, no script)
 as candles (or a close line when there are too many bars for candles to be readable), volume
 below coloured by tier with each bar's whale volume shaded dark inside it, and markers for
 absorption (gold diamond above the bar), bearish divergence (red triangle down, above),
-bullish divergence (green triangle up, below) and whale trades (black dot above the volume
-bar, larger with more whale trades). Hovering a bar in a browser shows its numbers.
+bullish divergence (green triangle up, below), whale trades (black dot above the volume
+bar, larger with more whale trades) and, on footprint bars, poor highs and lows (a purple dash
+across the wick's tip, and a dashed line on to the right edge while no later bar of the chart
+has traded through it). Hovering a bar in a browser shows its numbers.
 
 ``.svg`` and ``.html`` (the SVG in a minimal page) need nothing else; ``.png`` needs the
 optional ``cairosvg`` package (``pip install 'vstream[chart]'``).
@@ -52,6 +54,8 @@ MARKER_COLORS = {
     "bearish": "#c62828",
     "bullish": "#2e7d32",
     "whale": "#1a237e",
+    "poor_high": "#8e24aa",
+    "poor_low": "#8e24aa",
 }
 
 
@@ -78,6 +82,9 @@ class Chart:
     price_panel: tuple[float, float, float, float] = (0, 0, 0, 0)
     volume_panel: tuple[float, float, float, float] = (0, 0, 0, 0)
     bar_x: dict[str, float] = field(default_factory=dict)
+    #: The poor highs/lows no later bar of the chart has traded through: where their dashed
+    #: line starts (it runs to the price panel's right edge).
+    untouched: list[Marker] = field(default_factory=list)
     #: What the chart shows, each number under one name (the legend's labels say the same).
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -197,6 +204,11 @@ def render(
         "whale_bars": sum(b.whale_count > 0 for b in bars),
         "whale_trades": sum(b.whale_count for b in bars),
     }
+    # Poor highs/lows only where the bars can have them (footprint bars): without a
+    # footprint the summary and legend stay as they were.
+    if any(isinstance(b.poor_high, bool) for b in bars):
+        counts["poor_high"] = sum(b.poor_high is True for b in bars)
+        counts["poor_low"] = sum(b.poor_low is True for b in bars)
     legend_x = left
     legend_y = 50.0
     for label, color in (("T1", TIER_COLORS["T1"]), ("T2", TIER_COLORS["T2"]), ("T3", TIER_COLORS["T3"]),
@@ -213,6 +225,14 @@ def render(
         text = f"{label} ({counts[count]})"
         out.append(f'<text x="{_fmt(legend_x + 16)}" y="{legend_y}" font-size="12" fill="{TEXT}">{text}</text>')
         legend_x += 30 + 6.8 * len(text)
+    if "poor_high" in counts:
+        # On the title's line, right-aligned: the legend's line is full.
+        text = f"poor high ({counts['poor_high']}) / low ({counts['poor_low']}), untouched"
+        end = left + plot_w
+        start = end - 6.8 * len(text) - 50
+        out.append(_symbol("poor_high", start + 6, 22, 6.0))
+        out.append(f'<text x="{_fmt(start + 16)}" y="26" font-size="12" fill="{TEXT}">{text}</text>')
+        out.append(_ray(end - 28, 22, end))
 
     # Grids and axes.
     pstep = _nice_step(hi - lo, 6)
@@ -293,6 +313,18 @@ def render(
                 f'fill="{WHALE_SHADE}" fill-opacity="0.75"/>'
             )
 
+    # Poor highs/lows no later bar of the chart reached: a dashed line on to the right edge.
+    later_high, later_low = -math.inf, math.inf
+    for bar, minute, h, low in reversed(list(zip(bars, minutes, highs, lows, strict=True))):
+        if bar.poor_high is True and h > later_high:
+            chart.untouched.append(Marker("poor_high", bar.timestamp_utc, x_of(minute), y_price(h), MARKER_COLORS["poor_high"]))
+        if bar.poor_low is True and low < later_low:
+            chart.untouched.append(Marker("poor_low", bar.timestamp_utc, x_of(minute), y_price(low), MARKER_COLORS["poor_low"]))
+        later_high, later_low = max(later_high, h), min(later_low, low)
+    chart.untouched.reverse()
+    for m in chart.untouched:
+        out.append(_ray(m.x, m.y, left + plot_w))
+
     # Signal markers: drawn last so nothing covers them.
     size = max(4.5, min(8.0, slot_w * 0.9))
     for bar, minute, h, low, volume in zip(bars, minutes, highs, lows, volumes, strict=True):
@@ -312,8 +344,12 @@ def render(
             radius = _whale_radius(bar.whale_count, size)
             y = max(vol_top + radius + 1, y_vol(volume) - radius - 3)
             chart.markers.append(Marker("whale", bar.timestamp_utc, x, y, MARKER_COLORS["whale"]))
+        if bar.poor_high is True:
+            chart.markers.append(Marker("poor_high", bar.timestamp_utc, x, y_price(h), MARKER_COLORS["poor_high"]))
+        if bar.poor_low is True:
+            chart.markers.append(Marker("poor_low", bar.timestamp_utc, x, y_price(low), MARKER_COLORS["poor_low"]))
     for m in chart.markers:
-        radius = size
+        radius = body_w / 2 + 1.5 if m.kind in ("poor_high", "poor_low") else size
         if m.kind == "whale":
             bar = next(b for b in bars if b.timestamp_utc == m.timestamp_utc)
             radius = _whale_radius(bar.whale_count, size)
@@ -329,6 +365,8 @@ def render(
             f" (${bar.whale_volume})"
             + ("\nabsorption" if bar.absorption else "")
             + (f"\n{bar.divergence_type} divergence" if bar.divergence else "")
+            + ("\npoor high" if bar.poor_high is True else "")
+            + ("\npoor low" if bar.poor_low is True else "")
         )
         out.append(
             f'<rect x="{_fmt(x - slot_w / 2)}" y="{price_top}" width="{_fmt(slot_w)}" height="{_fmt(plot_h)}" '
@@ -355,7 +393,18 @@ def _symbol(kind: str, x: float, y: float, r: float) -> str:
     if kind == "bullish":
         pts = f"{_fmt(x - r)},{_fmt(y + r * 0.8)} {_fmt(x + r)},{_fmt(y + r * 0.8)} {_fmt(x)},{_fmt(y - r)}"
         return f'<polygon points="{pts}" fill="{color}"/>'
+    if kind in ("poor_high", "poor_low"):
+        # A dash across the wick's tip: the extreme that did not finish its auction.
+        return f'<rect x="{_fmt(x - r)}" y="{_fmt(y - 1.5)}" width="{_fmt(2 * r)}" height="3" fill="{color}"/>'
     return f'<circle cx="{_fmt(x)}" cy="{_fmt(y)}" r="{_fmt(r)}" fill="{color}"/>'
+
+
+def _ray(x: float, y: float, end: float) -> str:
+    color = MARKER_COLORS["poor_high"]
+    return (
+        f'<line x1="{_fmt(x)}" y1="{_fmt(y)}" x2="{_fmt(end)}" y2="{_fmt(y)}" stroke="{color}" '
+        f'stroke-width="2" stroke-dasharray="5 3"/>'
+    )
 
 
 class Drawing(Protocol):

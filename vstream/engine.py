@@ -31,7 +31,8 @@ from .settings import SHAPE_FIELDS, Settings
 from .sinks import Sink, SinkLike, as_sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
-from .state import AlertLog, FilePos, InstrumentStore, State
+from .state import AlertLog, FilePos, InstrumentStore, RunTally, State
+from .takeover import TakeOver
 
 if TYPE_CHECKING:
     from .alerts.detect import Alert, AlertDetector
@@ -179,6 +180,49 @@ class _BarStream:
 
 
 @dataclass(slots=True)
+class _Tally:
+    """What one instrument's input held in this run, to tell a run that rejected (almost)
+    everything it read (SPEC §7, "nothing silent")."""
+
+    records: int = 0  # trades and skipped lines delivered
+    rejected: int = 0  # lines with at least one reject
+    first_error: str = ""
+    last_key: tuple[str, int] | None = None
+    start_lines: int | None = None  # lines consumed of the vault files before the run
+
+    def add(self, batch: Batch) -> None:
+        self.records += len(batch.trades) + batch.skipped
+        for reject in batch.rejects:
+            key = (reject.file, reject.line)
+            if key != self.last_key:  # rejects come in line order: one line may hold several
+                self.rejected += 1
+                self.last_key = key
+                if not self.first_error:
+                    self.first_error = f"{reject.file} line {reject.line}: {reject.error}"
+
+    def result(self, position: Any) -> RunTally:
+        """The run so far, ``position`` being where its source stands now.
+
+        The lines that held something are at most the rejected ones plus the records kept
+        (a websocket envelope holds several), and at most the vault file lines consumed (blank
+        ones included): the smaller of the two, exact for files of one trade per line.
+        """
+        lines = self.rejected + self.records
+        consumed = _lines_of(position)
+        if consumed is not None and self.start_lines is not None:
+            lines = max(self.rejected, min(lines, consumed - self.start_lines))
+        return RunTally(
+            lines=lines, rejected=self.rejected, kept=self.records, first_error=self.first_error
+        )
+
+
+def _lines_of(position: Any) -> int | None:
+    if isinstance(position, dict) and all(isinstance(p, FilePos) for p in position.values()):
+        return sum(int(p.lines) for p in position.values())
+    return None
+
+
+@dataclass(slots=True)
 class _Pipe:
     """One instrument's assembler and, in vault mode, its durable files."""
 
@@ -192,6 +236,7 @@ class _Pipe:
     dirty: bool = False
     #: Contract facts of trade lines already reported as differing from the instrument's.
     odd_reported: set[tuple[float, bool]] = field(default_factory=set)
+    tally: _Tally = field(default_factory=_Tally)
     #: With alert rules in force: the detector and the alerts file (vault mode).
     detector: AlertDetector | None = None
     alerts: JsonlSink | None = None
@@ -441,6 +486,7 @@ class Engine:
             pipe.state = state
             pipe.store = store
             pipe.position = state.files or state.position
+            pipe.tally.start_lines = _lines_of(state.files)
             pipe.outputs = {
                 tf: JsonlSink(paths.output(tf), autoflush=False) for tf in shape.timeframes
             }
@@ -701,6 +747,7 @@ class Engine:
             odd = assembler.odd_contracts()
             if odd:
                 self._report_odd(pipe, odd)
+        pipe.tally.add(batch)
         counters = assembler.counters
         if batch.rejects:
             counters.rejects += len(batch.rejects)
@@ -876,6 +923,9 @@ class Engine:
                     position=None if by_file else position,
                     assembler=pipe.assembler.snapshot(),
                 )
+                tally = pipe.tally.result(position)
+                if tally.lines:  # a run that read nothing keeps the last one's
+                    state.last_run = tally
                 pending = {tf: sink.take() for tf, sink in pipe.outputs.items()}
                 assert pipe.rejects is not None
                 rejected = pipe.rejects.take()
@@ -936,6 +986,16 @@ class Engine:
     def assembler(self, inst_id: str) -> BarAssembler:
         """The live assembler of one instrument (after :meth:`open`)."""
         return self._pipes[inst_id].assembler
+
+    def run_tally(self, inst_id: str) -> RunTally:
+        """How many input lines of one instrument this engine read and rejected so far."""
+        pipe = self._pipes[inst_id]
+        return pipe.tally.result(pipe.position)
+
+    def took_over(self, inst_id: str) -> TakeOver | None:
+        """Where opening moved ``volume_analyzer.py``'s files of one instrument, if it did."""
+        store = self._pipes[inst_id].store
+        return store.took_over if store is not None else None
 
     async def bars(self, partial: bool = False) -> AsyncIterator[Bar]:
         """Iterate over bars as they are finished, running the engine if nobody else does.

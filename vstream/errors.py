@@ -41,6 +41,10 @@ class RejectError(SourceError):
     """An input line was rejected while running with ``strict`` set."""
 
 
+class InputRejectedError(SourceError):
+    """A run rejected every input line it read (SPEC §7, "nothing silent"): exit 1."""
+
+
 class SinkError(VStreamError):
     """A sink failed to write (disk full, read-only folder, a failing user callback)."""
 

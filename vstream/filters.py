@@ -29,7 +29,7 @@ Parsing is pure: no I/O, no clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
@@ -142,8 +142,15 @@ class BarFilter:
 
     text: str
 
-    def matches(self, bar: Bar, previous: Bar | None = None) -> bool:
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = ()
+    ) -> bool:
+        """Whether ``bar`` passes (``previous``: the bar before it of its timeframe;
+        ``untouched`` is not used: no word asks whether later bars traded through a level)."""
         raise NotImplementedError
+
+    #: (:func:`vstream.query.find_signals` asks; no word needs the later bars.)
+    untouched = False
 
     @property
     def needs_previous(self) -> bool:
@@ -181,7 +188,9 @@ class _Atom(BarFilter):
         self.value = value
         self.text = name if shown is None else f"{name}={shown}"
 
-    def matches(self, bar: Bar, previous: Bar | None = None) -> bool:
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = ()
+    ) -> bool:
         return self.spec.test(bar, previous, self.value)
 
     def words(self) -> list[_Atom]:
@@ -195,7 +204,9 @@ class _Not(BarFilter):
         self.item = item
         self.text = "not " + (f"({item.text})" if isinstance(item, (_And, _Or)) else item.text)
 
-    def matches(self, bar: Bar, previous: Bar | None = None) -> bool:
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = ()
+    ) -> bool:
         return not self.item.matches(bar, previous)
 
     def words(self) -> list[_Atom]:
@@ -209,7 +220,9 @@ class _And(BarFilter):
         self.items = items
         self.text = " and ".join(f"({i.text})" if isinstance(i, _Or) else i.text for i in items)
 
-    def matches(self, bar: Bar, previous: Bar | None = None) -> bool:
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = ()
+    ) -> bool:
         return all(i.matches(bar, previous) for i in self.items)
 
     def words(self) -> list[_Atom]:
@@ -223,7 +236,9 @@ class _Or(BarFilter):
         self.items = items
         self.text = " or ".join(i.text for i in items)
 
-    def matches(self, bar: Bar, previous: Bar | None = None) -> bool:
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = ()
+    ) -> bool:
         return any(i.matches(bar, previous) for i in self.items)
 
     def words(self) -> list[_Atom]:

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -104,10 +105,14 @@ class CachedInstrument(msgspec.Struct, frozen=True):
 
 
 class InstrumentCache(msgspec.Struct):
-    """The vault's ``state/instruments/okx.json``: OKX instrument rows by id."""
+    """The vault's ``state/instruments/okx.json``: OKX instrument rows by id.
+
+    ``rows`` keeps the whole OKX row, as it was returned, of each instrument ``vstream live``
+    was started for: ``live --record`` writes the vault's instrument file from it."""
 
     fetched_at: str = ""
     instruments: dict[str, CachedInstrument] = msgspec.field(default_factory=dict)
+    rows: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
 def cache_path(vault: Path) -> Path:
@@ -283,6 +288,12 @@ class VaultPaths:
     @property
     def lock(self) -> Path:
         return self.state_dir / f"{self.inst_id}.lock"
+
+    @property
+    def late_marks(self) -> Path:
+        """The exporter-format recording's list of trades live found late only by the wall
+        clock (see :mod:`vstream.sources.late_marks`): vstream's own, so under ``state``."""
+        return self.state_dir / f"{self.inst_id}.late.jsonl"
 
 
 def discover(vault: Path | str) -> list[str]:

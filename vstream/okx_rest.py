@@ -257,9 +257,13 @@ class OkxRest:
                 return out
             after = lowest
 
-    async def instruments(self, inst_type: str) -> list[dict[str, Any]]:
-        """Every instrument row of ``inst_type`` (``SWAP``, ``FUTURES``, ``SPOT``)."""
-        rows = await self.get(INSTRUMENTS_PATH, {"instType": inst_type})
+    async def instruments(self, inst_type: str, inst_id: str | None = None) -> list[dict[str, Any]]:
+        """Every instrument row of ``inst_type`` (``SWAP``, ``FUTURES``, ``SPOT``), or only
+        that of ``inst_id``."""
+        params = {"instType": inst_type}
+        if inst_id is not None:
+            params["instId"] = inst_id
+        rows = await self.get(INSTRUMENTS_PATH, params)
         out: list[dict[str, Any]] = []
         for raw in rows:
             try:
@@ -280,7 +284,8 @@ async def refresh_instrument_cache(
     """Fetch the instrument rows of the kinds of ``inst_ids`` and merge them into the cache.
 
     The cache (``state/instruments/okx.json``) is rewritten atomically; rows of other
-    instruments already in it are kept. An instrument OKX does not list is a
+    instruments already in it are kept, and the whole OKX rows of ``inst_ids`` are kept too
+    (``rows``: ``live --record`` writes the vault's instrument files from them). An instrument OKX does not list is a
     :class:`ConfigError` naming it. A failed fetch raises :class:`SourceError` and leaves the
     cache as it was.
     """
@@ -288,6 +293,7 @@ async def refresh_instrument_cache(
     kinds = {kind_of(i) for i in wanted} - {Kind.SPOT}
     cache = await asyncio.to_thread(load_cache, vault)
     merged = dict(cache.instruments)
+    rows = dict(cache.rows)
     listed: set[str] = set()
     for kind in sorted(kinds, key=lambda k: k.name):
         for row in await rest.instruments(_INST_TYPE[kind]):
@@ -295,6 +301,8 @@ async def refresh_instrument_cache(
             if not isinstance(inst, str):
                 continue
             listed.add(inst)
+            if inst in wanted:
+                rows[inst] = row
             merged[inst] = CachedInstrument(
                 instId=inst,
                 ctVal=str(row.get("ctVal") or ""),
@@ -308,7 +316,7 @@ async def refresh_instrument_cache(
             f"OKX does not list {', '.join(missing)} (GET {INSTRUMENTS_PATH}); check the instrument id"
         )
     fresh = InstrumentCache(
-        fetched_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), instruments=merged
+        fetched_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), instruments=merged, rows=rows
     )
     data = msgspec.json.encode(fresh)
     await asyncio.to_thread(write_atomic, cache_path(vault), data)

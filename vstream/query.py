@@ -12,7 +12,7 @@ import heapq
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import msgspec
-from msgspec import UNSET
 
 from .assembler import Bar
 from .errors import ConfigError, StateError
 from .instruments import Kind, VaultPaths, discover, kind_of
+from .levels import POOR_HIGH, POOR_LOW, untouched_marks
 from .settings import TIMEFRAMES
-from .sources.replay import day_files
+from .sources.replay import day_files, describe_ignored, ignored_files
 from .state import State, read_state, write_atomic
+from .takeover import would_take_over
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -220,12 +221,11 @@ def has_stack(bar: Bar, side: str = "any") -> bool:
 
 
 def is_poor(bar: Bar, end: str) -> bool:
-    """The bar's ``poor_high`` / ``poor_low`` flag (``end`` is ``high`` or ``low``) is set.
+    """The bar's ``poor_high`` / ``poor_low`` key (``end`` is ``high`` or ``low``) is true.
 
-    Read by name: bars written without those keys (no footprint, or by a vstream that did
-    not make them) never match."""
-    value = getattr(bar, f"poor_{end}", None)
-    return value is not None and value is not UNSET and bool(value)
+    Bars written without those keys (no footprint, or by a vstream that did not make them)
+    never match."""
+    return getattr(bar, f"poor_{end}", None) is True
 
 
 def timeframe_of(bar: Bar) -> str:
@@ -252,16 +252,29 @@ class SignalFilter:
     #: more than nothing and at least ``poc_shift_min`` (a price difference).
     poc_shift: str | None = None
     poc_shift_min: Decimal = Decimal(0)
+    #: A poor high / poor low (footprint bars only); with ``untouched``, only one that no
+    #: later bar in the file has traded through.
+    poor_high: bool = False
+    poor_low: bool = False
+    untouched: bool = False
 
     @property
     def needs_previous(self) -> bool:
         return self.poc_shift is not None
 
-    def matches(self, bar: Bar, previous: Bar | None = None) -> bool:
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = (),
+    ) -> bool:
+        """Whether ``bar`` is wanted; ``untouched`` holds the ``(timestamp_utc, kind)`` of the
+        poor highs and lows no later bar has traded through (:func:`levels.untouched_marks`)."""
         if self.tiers and not tier_in(bar, self.tiers):
             return False
-        if not (self.absorption or self.divergence or self.whale or self.stacked or self.poc_shift):
+        if not (self.absorption or self.divergence or self.whale or self.stacked or self.poc_shift
+                or self.poor_high or self.poor_low):  # fmt: skip
             return True
+        for wanted, end, kind in ((self.poor_high, "high", POOR_HIGH), (self.poor_low, "low", POOR_LOW)):
+            if wanted and is_poor(bar, end) and (not self.untouched or (bar.timestamp_utc, kind) in untouched):
+                return True
         if self.absorption and has_absorption(bar):
             return True
         if self.divergence and has_divergence(bar, self.divergence):
@@ -301,7 +314,12 @@ class BarMatcher(Protocol):
     @property
     def needs_previous(self) -> bool: ...
 
-    def matches(self, bar: Bar, previous: Bar | None = None) -> bool: ...
+    @property
+    def untouched(self) -> bool: ...
+
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = ()
+    ) -> bool: ...
 
 
 def find_signals(
@@ -318,8 +336,12 @@ def find_signals(
     for inst in inst_ids:
         paths = VaultPaths.of(vault, inst)
         durable_length(paths, timeframe)  # fail early and clearly for a missing output
+        # Touched or not is decided by every later bar in the file, past --until too.
+        marks = untouched_marks(paths, timeframe, since) if flt.untouched else set()
         bars = read_bars_after(paths, timeframe, since, until, previous=flt.needs_previous)
-        streams.append(((b.timestamp_utc, b.instId, line, b) for b, line, prev in bars if flt.matches(b, prev)))
+        streams.append(
+            ((b.timestamp_utc, b.instId, line, b) for b, line, prev in bars if flt.matches(b, prev, marks))
+        )
     for _, _, line, bar in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
         yield bar, line
 
@@ -339,6 +361,10 @@ def signal_tags(bar: Bar) -> str:
         for side in ("buy", "sell"):
             if any(s.side == side for s in bar.stacked):
                 tags.append(f"stacked-{side}")
+    if bar.poor_high is True:
+        tags.append(POOR_HIGH)
+    if bar.poor_low is True:
+        tags.append(POOR_LOW)
     return " ".join(tags)
 
 
@@ -429,9 +455,16 @@ def _last_line(path: Path, limit: int) -> bytes | None:
 
 
 def known_instruments(vault: Path) -> list[str]:
-    """Instruments with a state file (replay's or sink-jsonl's) or trade files in the vault."""
+    """Instruments with a state file (replay's or sink-jsonl's) or trade files in the vault
+    (files replay would not read included, so that status can point at them)."""
     found = set(discover(vault))
     for kind in Kind:
+        raw = vault / "raw" / "okx" / f"trades_{kind.folder}"
+        with contextlib.suppress(OSError):
+            for child in raw.iterdir():
+                with contextlib.suppress(ConfigError):
+                    if child.name not in found and kind_of(child.name) is kind and ignored_files(child):
+                        found.add(child.name)
         folder = vault / "state" / "volume" / "okx" / kind.folder
         if folder.is_dir():
             for child in [*folder.glob("*.state.json"), *folder.glob("*.nats-sink.json")]:
@@ -459,6 +492,11 @@ def _backlog(paths: VaultPaths, state: State) -> int:
     return total
 
 
+_PENDING_TAKEOVER = (
+    "written by volume_analyzer.py: the next replay takes it over (moves its files aside, rebuilds)"
+)
+
+
 def instrument_status(
     vault: Path,
     inst_id: str,
@@ -471,12 +509,20 @@ def instrument_status(
     """Check one instrument: state readable, outputs consistent, lag, rejects since last time."""
     paths = VaultPaths.of(vault, inst_id)
     status = InstrumentStatus(inst_id)
+    ignored = ignored_files(paths.raw_dir)
+    if ignored:
+        status.problems.append(
+            f"replay does not read {len(ignored)} file(s) in {paths.raw_dir}, not named "
+            f"YYYY-MM-DD.jsonl or .jsonl.gz: {describe_ignored(ignored)}"
+        )
     if not paths.state.exists() and _sink_status(paths, status, now, max_lag):
         return status
     if not paths.state.exists():
         status.replayed = False
         has_output = paths.output().exists()
-        if has_output:
+        if has_output and would_take_over(paths):
+            (status.problems if required else status.notes).append(_PENDING_TAKEOVER)
+        elif has_output:
             status.problems.append(f"output {paths.output()} exists without a state (replay needs --rebuild)")
         elif required:
             status.problems.append("never replayed (no state file)")
@@ -486,7 +532,11 @@ def instrument_status(
     try:
         state = read_state(paths.state)
     except StateError as exc:
-        status.problems.append(str(exc))
+        if would_take_over(paths):
+            status.replayed = False
+            (status.problems if required else status.notes).append(_PENDING_TAKEOVER)
+        else:
+            status.problems.append(str(exc))
         return status
     if state.instId != inst_id:
         status.problems.append(f"state {paths.state} belongs to {state.instId}")
@@ -497,6 +547,18 @@ def instrument_status(
         status.rejects_new = max(0, rejects - previous_rejects)
         if status.rejects_new:
             status.problems.append(f"{status.rejects_new} new rejected lines since the last status (see {paths.rejects})")
+    last = state.last_run
+    if last is not None and last.most_rejected:
+        if not last.all_rejected:
+            share = f"{last.rejected} of the {last.lines} lines"
+        else:
+            share = "the 1 line" if last.lines == 1 else f"all {last.lines} lines"
+        status.problems.append(
+            f"the last run rejected {share} it read (first: {last.first_error}; see {paths.rejects})"
+        )
+    if state.took_over is not None:
+        moved = " and ".join(str(p) for p in state.took_over.paths(paths))
+        status.notes.append(f"taken over from volume_analyzer.py at {state.took_over.at}; its files: {moved}")
     lengths = {"1m": state.output_length, **state.timeframe_lengths}
     _check_outputs(status, paths, lengths, now, max_lag, "replay")
     try:

@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     value_area: float = 0.7
     #: Running-delta extremes and the day's cumulative delta on each bar.
     cvd: bool = False
+    #: Footprint: the least taker USD each side must have traded at a bar's highest (lowest)
+    #: level for a poor high (low); both sides must be > 0 whatever this is (docs/levels.md).
+    poor_min_usd: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -95,6 +98,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(f"stacked_levels must be >= 2, got {self.stacked_levels}")
         if not (math.isfinite(self.value_area) and 0 < self.value_area <= 1):
             raise ConfigError(f"value_area must be > 0 and <= 1, got {self.value_area!r}")
+        if not (math.isfinite(self.poor_min_usd) and self.poor_min_usd >= 0):
+            raise ConfigError(f"poor_min_usd must be a finite number >= 0, got {self.poor_min_usd!r}")
         if not self.timeframes:
             raise ConfigError("timeframes must name at least one of " + ", ".join(TIMEFRAMES))
         for tf in self.timeframes:
@@ -128,6 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             stacked_levels=self.stacked_levels,
             value_area=self.value_area,
             cvd=self.cvd,
+            poor_min_usd=self.poor_min_usd,
         )
 
     def fingerprint(self, ct_val: float | None, inst_id: str | None = None) -> str:
@@ -175,23 +181,27 @@ class BarShape(msgspec.Struct, frozen=True, kw_only=True):
     stacked_levels: int = 3
     value_area: int | float = 0.7
     cvd: bool = False
+    poor_min_usd: int | float = 0
 
     def fingerprint(self) -> str:
         """A short hash of these values (the same as states written before they were stored).
 
         The order-flow options enter it only when they are on, so the fingerprint of a run
-        without them is what it was before they existed (existing states stay valid).
+        without them is what it was before they existed (existing states stay valid);
+        ``poor_min_usd`` only with a footprint and away from its default 0, so a footprint
+        state written before it existed keeps its fingerprint too.
         """
         values: list[Any] = [getattr(self, f) for f in _PLAIN_SHAPE]
         if self.footprint is not None:
-            values.append(
-                {
-                    "footprint": self.footprint,
-                    "imbalance_ratio": self.imbalance_ratio,
-                    "stacked_levels": self.stacked_levels,
-                    "value_area": self.value_area,
-                }
-            )
+            flow: dict[str, Any] = {
+                "footprint": self.footprint,
+                "imbalance_ratio": self.imbalance_ratio,
+                "stacked_levels": self.stacked_levels,
+                "value_area": self.value_area,
+            }
+            if self.poor_min_usd != 0:
+                flow["poor_min_usd"] = self.poor_min_usd
+            values.append(flow)
         if self.cvd:
             values.append({"cvd": True})
         return hashlib.sha256(msgspec.json.encode(values)).hexdigest()[:16]
@@ -199,7 +209,8 @@ class BarShape(msgspec.Struct, frozen=True, kw_only=True):
     def in_force(self) -> frozenset[str]:
         """The fields that shape bars as these values stand (the footprint's own settings only
         with a footprint): a difference in any other field changes no bar."""
-        off = {"imbalance_ratio", "stacked_levels", "value_area"} if self.footprint is None else set()
+        footprint_only = {"imbalance_ratio", "stacked_levels", "value_area", "poor_min_usd"}
+        off = footprint_only if self.footprint is None else set()
         return frozenset(self.__struct_fields__) - off
 
     def differences(self, other: BarShape, fields: Iterable[str]) -> list[str]:

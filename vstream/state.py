@@ -24,6 +24,7 @@ from .assembler import AssemblerState
 from .errors import ConfigError, LockedError, SinkError, StateError
 from .instruments import Kind, VaultPaths, kind_of, missing_ct_val
 from .settings import BarShape
+from .takeover import TakeOver, take_over
 
 STATE_VERSION = 1
 
@@ -72,6 +73,32 @@ class AlertLog(msgspec.Struct, kw_only=True):
     detector: Any = None
 
 
+class RunTally(msgspec.Struct, kw_only=True):
+    """How many input lines a run read and rejected ("nothing silent", SPEC §7).
+
+    ``lines`` counts the lines that held something (blank ones do not count), ``rejected``
+    those of them with at least one rejected record (a websocket envelope holding a bad trade
+    beside good ones is one of them), ``kept`` the records that were not rejected (trades —
+    each of an envelope — and skipped messages). ``first_error`` is the first reject of the
+    run as ``{file} line {n}: {error}``.
+    """
+
+    lines: _Size = 0
+    rejected: _Size = 0
+    kept: _Size = 0
+    first_error: str = ""
+
+    @property
+    def all_rejected(self) -> bool:
+        """At least one line was read, and nothing of what was read was kept."""
+        return self.rejected > 0 and self.kept == 0
+
+    @property
+    def most_rejected(self) -> bool:
+        """More than half of the lines were rejected."""
+        return self.rejected > 0 and 2 * self.rejected > self.lines
+
+
 class State(msgspec.Struct, kw_only=True):
     """The content of ``{INSTID}.state.json``."""
 
@@ -93,6 +120,11 @@ class State(msgspec.Struct, kw_only=True):
     alerts: AlertLog | None = None
     assembler: AssemblerState = msgspec.field(default_factory=AssemblerState)
     updated_at: str = ""
+    #: What the last run that read any line read and rejected (``status`` reports a run that
+    #: rejected most of its lines).
+    last_run: RunTally | None = None
+    #: Where ``volume_analyzer.py``'s files went when vstream took the instrument over from it.
+    took_over: TakeOver | None = None
 
 
 class _StoredRules(msgspec.Struct):
@@ -100,12 +132,13 @@ class _StoredRules(msgspec.Struct):
 
 
 class _StoredShape(msgspec.Struct):
-    """The part of a state a rebuild keeps: the settings it was built with (and its alert
-    rules)."""
+    """The part of a state a rebuild keeps: the settings it was built with, its alert rules,
+    and where ``volume_analyzer.py``'s files went if vstream took over from it."""
 
     instId: str
     settings: BarShape | None = None
     alerts: _StoredRules | None = None
+    took_over: TakeOver | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -183,6 +216,8 @@ class InstrumentStore:
         self.own_contracts = own_contracts
         self.given = frozenset(wanted.__struct_fields__ if given is None else given)
         self.shape = wanted
+        #: Set by :meth:`open` when it moved ``volume_analyzer.py``'s files aside.
+        self.took_over: TakeOver | None = None
         self._lock = filelock.FileLock(paths.lock, timeout=0, thread_local=False)
         #: What :meth:`open` noticed that the caller should say (an alerts file shortened).
         self.notes: list[str] = []
@@ -200,19 +235,30 @@ class InstrumentStore:
         return self.shape.timeframes
 
     def open(self, *, rebuild: bool = False) -> State:
-        """Lock the instrument and return the state to resume from (a fresh one if none)."""
+        """Lock the instrument and return the state to resume from (a fresh one if none).
+
+        Where the instrument holds ``volume_analyzer.py``'s state or bars instead of vstream's,
+        they are moved aside (:func:`~vstream.takeover.take_over`, recorded in
+        :attr:`took_over` and in the state) and the instrument starts over, as with ``rebuild``.
+        """
         take_instrument(self.paths, self._lock)
         try:
             self._remove_stale_temporaries()
+            took = take_over(self.paths, rebuild=rebuild)
+            if took is not None:
+                self.took_over = took
+                rebuild = True
             if rebuild:
                 # Starting over keeps the stored settings the caller did not choose anew.
-                stored, rules = self._stored_shape()
+                kept = self._stored()
+                stored = kept.settings if kept is not None else None
                 self._settle(stored.overlay(self.wanted, self.given) if stored else self.wanted)
                 # The fresh state goes first: a run killed from here on resumes as a fresh
                 # start (outputs cut back to 0), never as "output without a state".
                 state = self.fresh()
-                if rules is not None:
-                    state.alerts = AlertLog(rules=rules)  # a new file: the engine names it
+                state.took_over = took or (kept.took_over if kept is not None else None)
+                if kept is not None and kept.alerts is not None and kept.alerts.rules is not None:
+                    state.alerts = AlertLog(rules=kept.alerts.rules)  # a new file: the engine names it
                 self.commit(state)
                 self._remove_all()
                 return state
@@ -229,17 +275,14 @@ class InstrumentStore:
             raise missing_ct_val(self.inst_id)
         self.shape = shape
 
-    def _stored_shape(self) -> tuple[BarShape | None, Any]:
-        """The settings and alert rules of a readable state of this instrument, if any (for
-        a rebuild)."""
+    def _stored(self) -> _StoredShape | None:
+        """What a rebuild keeps of a readable state of this instrument, if any."""
         try:
             # Only these fields: the rest may be what the rebuild is for.
             state = msgspec.json.decode(self.paths.state.read_bytes(), type=_StoredShape)
         except (OSError, msgspec.DecodeError):
-            return None, None
-        if state.instId != self.inst_id:
-            return None, None
-        return state.settings, state.alerts.rules if state.alerts is not None else None
+            return None
+        return state if state.instId == self.inst_id else None
 
     def _outputs(self) -> dict[str, Path]:
         return {tf: self.paths.output(tf) for tf in self.timeframes}

@@ -366,3 +366,16 @@ def test_replay_needs_no_secret_of_the_destinations(sample, tmp_path, run_cli: R
     assert status == 0, err
     status, _, err = run_cli("alerts", "deliver", "--vault", str(vault), "--config", str(config))
     assert status == 2 and "TEST_DISCORD_WEBHOOK is not set" in err
+
+
+def test_a_poor_high_rule_fires_on_the_footprint_bars_that_have_one(sample, tmp_path, run_cli: RunCli):
+    # The poor-high word reads the poor_high key footprint bars carry: an alert for exactly
+    # the bars whose line says "poor_high":true.
+    vault = copy_of(sample, tmp_path)
+    status, _, err = run_cli("replay", "--instId", BTC, "--vault", str(vault), "--final", "--footprint", "10",
+                             "--burst-count", "0", "--whale-trade-usd", "1e12", "--alert-bar", "poor-high")  # fmt: skip
+    assert status == 0, err
+    bars = [json.loads(x) for x in VaultPaths.of(vault, BTC).output().read_bytes().splitlines()]
+    poor = [b["timestamp_utc"] for b in bars if b.get("poor_high") is True]
+    assert poor and len(poor) < len(bars)
+    assert alert_ids(vault, BTC) == [f"{BTC}:bar:poor-high:1m:{t}" for t in poor]

@@ -36,6 +36,7 @@ def test_quiet_works_before_and_after_the_subcommand(name: str) -> None:
     required = {
         "replay": ["--all"], "live": ["--instId", "BTC-USDT-SWAP"], "signals": ["--all"],
         "chart": ["--instId", "BTC-USDT-SWAP", "-o", "x.svg"], "import-okx": ["a.zip"],
+        "levels": ["--instId", "BTC-USDT-SWAP"],
         "ingest": ["--nats", "nats://127.0.0.1:4222", "--instId", "BTC-USDT-SWAP"],
         "publish": ["--nats", "nats://127.0.0.1:4222", "--all"], "worker": ["--nats", "nats://127.0.0.1:4222"],
         "sink-jsonl": ["--nats", "nats://127.0.0.1:4222", "--all"], "cluster-status": ["--nats", "nats://127.0.0.1:4222"],

@@ -7,10 +7,12 @@ rather than surfacing later as an OS error (exit 1) or, for the chart, creating 
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import windows_argv
 
 from vstream.chart import render, write_chart
 from vstream.errors import ConfigError
@@ -39,6 +41,7 @@ VAULT_COMMANDS = [
     ["signals", "--all"],
     ["signals", "--instId", BTC],
     ["chart", "--instId", BTC, "-o", "{tmp}/c.svg"],
+    ["levels", "--instId", BTC],
     ["import-okx", "{tmp}/a.csv"],
     # loopback URLs with closed ports: refused or not, it must never reach OKX
     ["live", "--instId", BTC, "--rest-url", "http://127.0.0.1:9", "--ws-url", "ws://127.0.0.1:9"],
@@ -120,3 +123,74 @@ def test_write_chart_never_creates_folders(replayed: Path, tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="does not exist"):
         write_chart(render(bars), tmp_path / "a" / "b.svg")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["file", "below-a-file"])
+def test_demo_into_a_file_says_it_is_a_file(run_cli: RunCli, tmp_path: Path, below: bool) -> None:
+    # Not "is not empty (it may hold a vault)": there is no folder at all.
+    (tmp_path / "f").write_text("x\n")
+    target = tmp_path / "f" / "Vault" if below else tmp_path / "f"
+    status, out, err = run_cli("demo", "--vault", str(target), "--hours", "0.1")
+    expected = f"cannot be made: {tmp_path / 'f'} is a file" if below else f"--vault {target} is a file"
+    assert_usage_error(status, err, expected)
+    assert "not empty" not in err and out == ""
+    assert (tmp_path / "f").read_text() == "x\n"
+
+
+@pytest.mark.parametrize(
+    "argv", [["signals", "--instId", BTC], ["signals", "--all"], ["chart", "--instId", BTC, "-o", "{tmp}/c.svg"]],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_reading_a_vault_that_is_not_there_says_so(run_cli: RunCli, tmp_path: Path, argv: list[str]) -> None:
+    vault = tmp_path / "no vault"
+    status, out, err = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in argv], "--vault", str(vault))
+    assert_usage_error(status, err, f"vault {vault} does not exist")
+    assert "bars" not in err and out == ""
+    assert not vault.exists() and not (tmp_path / "c.svg").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        r"C:\Users\M.R Bear\Documents\RaveQuant\Rave_Quant_Vault",
+        r"C:\Vault",
+        "C:\\My Vault\\",
+        r"D:\R&D (old)\Vault",
+        r"E:\100%\x;y=z",
+        "/tmp/a b/Vault",
+    ],
+)
+def test_paths_are_quoted_for_the_shell_they_are_pasted_into(path: str) -> None:
+    from vstream.cli.common import shell_quote
+
+    win = shell_quote(path, windows=True)
+    assert windows_argv(f"vstream replay --all --vault {win}") == ["vstream", "replay", "--all", "--vault", path]
+    if any(c in path for c in " &()%;="):
+        assert win.startswith('"') and win.endswith('"')  # cmd.exe sees no & ( ) ; = outside quotes
+    else:
+        assert win == path  # nothing to quote: left as typed
+    posix = shell_quote(path, windows=False)
+    assert shlex.split(f"vstream replay --all --vault {posix}") == ["vstream", "replay", "--all", "--vault", path]
+
+
+@pytest.mark.parametrize("windows", [False, True], ids=["posix", "windows"])
+def test_the_demo_prints_paths_that_paste_back_whole(
+    run_cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, windows: bool
+) -> None:
+    import vstream.cli.common as common
+
+    monkeypatch.setattr(common, "ON_WINDOWS", windows)
+    split = windows_argv if windows else shlex.split
+    vault = tmp_path / "M.R Bear" / "demo vault"
+    status, out, err = run_cli("demo", "--vault", str(vault), "--hours", "0.2")
+    assert status == 0, err
+    lines = out.splitlines()
+    nxt = next(line for line in lines if line.startswith("next: "))
+    assert split(nxt[len("next: "):]) == ["vstream", "replay", "--all", "--vault", str(vault)]
+    shown = {label: split(line.split(": ", 1)[1]) for line in lines
+             for label in ("sample vault", "bars", "rejects") if line.strip().startswith(label + ": ")}  # fmt: skip
+    assert shown["sample vault"] == [str(vault)]
+    printed = [split(line.split(": ", 1)[1])[0] for line in lines if line.strip().startswith(("bars: ", "rejects: "))]
+    assert len(printed) == 4
+    for path in printed:
+        assert Path(path).is_file(), path

@@ -82,6 +82,27 @@ def test_times_out_of_range_are_usage_errors(
 
 
 @pytest.mark.parametrize("command", ["signals", "chart"])
+@pytest.mark.parametrize(
+    "since, until",
+    [("2025-01-01T01:00Z", "2025-01-01T00:30Z"), ("1h", "2h"), ("2025-01-01T00:30:10Z", "2025-01-01T00:30:50Z")],
+    ids=["iso", "relative", "same-minute"],
+)
+def test_since_not_before_until_is_a_usage_error(
+    replayed: Path, run_cli: RunCli, tmp_path: Path, command: str, since: str, until: str
+) -> None:
+    # Not "no matching bars" (exit 0): a range that cannot hold a bar is a mistake to point at.
+    chart = tmp_path / "c.svg"
+    extra = ["-o", str(chart)] if command == "chart" else []
+    status, out, err = run_cli(command, "--vault", str(replayed), "--instId", BTC, "--since", since, "--until", until, *extra)
+    assert_usage_error(status, err, f"--since {since}", f"--until {until}", "is not before")
+    assert out == "" and not chart.exists()
+    # the right way round the same range is fine
+    if command == "signals" and since != "2025-01-01T00:30:10Z":
+        status, _, err = run_cli(command, "--vault", str(replayed), "--instId", BTC, "--since", until, "--until", since, *extra)
+        assert status == 0, err
+
+
+@pytest.mark.parametrize("command", ["signals", "chart"])
 def test_a_huge_last_means_every_bar(replayed: Path, run_cli: RunCli, tmp_path: Path, command: str) -> None:
     extra = ["-o", str(tmp_path / "c.svg")] if command == "chart" else []
     status, out, err = run_cli(command, "--vault", str(replayed), "--instId", BTC, "--last", "9" * 30, *extra)

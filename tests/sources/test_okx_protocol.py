@@ -8,11 +8,14 @@ coming or going, a wall-clock tick) and the exact outputs it must answer, summar
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import msgspec
 import pytest
 
+from vstream.formats import exporter
+from vstream.recording import RecordStyle
 from vstream.sources.okx_protocol import (
     CancelFill,
     Emit,
@@ -488,3 +491,40 @@ def test_merge_fills_keeps_odd_rows_apart() -> None:
         {"tradeId": "5", "sz": "1", **same, "count": "1"},
         b"[1]",
     ]
+
+
+EXPORTER = RecordStyle.of(BTC, exporter.Contract(market="perp", ct_val="0.01", ct_type="linear"), b"\r\n")
+
+
+def test_exporter_lines_are_recorded_and_delivered_as_replay_reads_them() -> None:
+    """A record of 3 fills becomes one exporter line (no count) and reaches the engine as one
+    fill with the line's contract facts; the frontier still knows it covered 3 ids."""
+    p = OkxProtocol([BTC], record=True)
+    p.record_as(BTC, EXPORTER)
+    p.connection_opened([BTC])
+    out = push(p, [rec(3, count="3"), rec(4, count="1")])
+    assert summary(out) == [("emit", ["3", "4"], False, None)]
+    assert isinstance(out[0], Emit) and out[0].late == []
+    trades = out[0].batch.trades
+    assert [(t.count, t.ct_val, t.ct_inverse) for t in trades] == [(1, 0.01, False)] * 2
+    lines = [line for _, line in out[0].lines]
+    assert [json.loads(x)["trade_id"] for x in lines] == ["3", "4"]
+    assert all(list(json.loads(x)) == list(exporter.KEYS) and x.endswith(b"\r\n") for x in lines)
+    assert lines[0] == exporter.encode(trades_of([rec(3)]), EXPORTER.contract)
+    assert summary(push(p, [rec(5)])) == [("emit", ["5"], False, None)]  # no gap after id 4
+    assert p.stats.gaps == 0
+
+
+def test_an_exporter_trade_late_by_the_wall_clock_is_a_plain_line_named_late() -> None:
+    p = OkxProtocol([BTC], record=True)
+    p.record_as(BTC, EXPORTER)
+    p.connection_opened([BTC])
+    push(p, [rec(1)])
+    assert summary(p.tick(END0)) == [("emit", [], False, END0)]
+    out = push(p, [rec(2), rec(3, ts=str(T0 + MINUTE))], now=END0 + 1)
+    assert isinstance(out[0], Emit)
+    assert out[0].late == [(0, "2")]  # only the first: the next minute's trade is not late
+    assert [line for _, line in out[0].lines] == [
+        exporter.encode(trades_of([r]), EXPORTER.contract) for r in (rec(2), rec(3, ts=str(T0 + MINUTE)))
+    ]
+    assert p.stats.late_recorded == 1

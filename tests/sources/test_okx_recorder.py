@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +94,89 @@ def test_sync_fsyncs_only_what_was_written(tmp_path: Path) -> None:
     rec.close()
     rec.close()  # idempotent
     assert track.handle is None
+
+
+def marks_of(vault: Path) -> list[dict[str, Any]]:
+    path = VaultPaths.of(vault, BTC).late_marks
+    return [msgspec.json.decode(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+
+
+async def replay_all(vault: Path) -> tuple[list[str], int]:
+    batches = await replay(vault, {})
+    return [t.tradeId for b in batches for t in b.trades], sum(b.skipped for b in batches)
+
+
+async def test_late_lines_are_marked_where_they_start_and_replay_drops_them(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, [BTC])
+    rec.start(BTC, {})
+    rec.prepare(BTC)
+    first, late, after = line(1, DAY1 + 1000), line(2, DAY1 + 2000), line(3, DAY1 + 3000)
+    rec.write(BTC, [first, late, after], [(1, "2")])
+    next_day = line(4, DAY1 + 86_400_000)
+    rec.write(BTC, [next_day, line(5, DAY1 + 86_401_000)], [(1, "5")])
+    rec.close()
+    assert marks_of(tmp_path) == [
+        {"file": "2025-12-14.jsonl", "tradeId": "2", "ts": DAY1 + 2000, "offset": len(first[1])},
+        {"file": "2025-12-15.jsonl", "tradeId": "5", "ts": DAY1 + 86_401_000, "offset": len(next_day[1])},
+    ]
+    raw = VaultPaths.of(tmp_path, BTC).raw_dir
+    assert sorted(p.name for p in raw.iterdir()) == ["2025-12-14.jsonl", "2025-12-15.jsonl"]
+    assert await replay_all(tmp_path) == (["1", "3", "4"], 2)
+    # An archived day keeps its offsets.
+    day1 = raw / "2025-12-14.jsonl"
+    with gzip.open(raw / "2025-12-14.jsonl.gz", "wb") as packed:
+        packed.write(day1.read_bytes())
+    day1.unlink()
+    assert await replay_all(tmp_path) == (["1", "3", "4"], 2)
+
+
+async def test_a_mark_drops_only_the_line_it_points_at(tmp_path: Path) -> None:
+    """The same trade id at another place (recorded again after a crash) is not dropped."""
+    rec = Recorder(tmp_path, [BTC])
+    rec.start(BTC, {})
+    rec.prepare(BTC)
+    rec.write(BTC, [line(1, DAY1 + 1000), line(2, DAY1 + 2000)], [(0, "1")])
+    rec.close()
+    path = VaultPaths.of(tmp_path, BTC).late_marks
+    path.write_bytes(path.read_bytes().replace(b'"offset":0', b'"offset":9999'))
+    assert await replay_all(tmp_path) == (["1", "2"], 0)
+
+
+def test_a_mark_is_durable_before_its_line_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = Recorder(tmp_path, [BTC])
+    rec.start(BTC, {})
+    raw_file = VaultPaths.of(tmp_path, BTC).raw_dir / "2025-12-14.jsonl"
+    seen: list[tuple[int, bool]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.append((len(marks_of(tmp_path)), raw_file.exists() and raw_file.stat().st_size > 0))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    rec.write(BTC, [line(1, DAY1 + 1000)], [(0, "1")])
+    assert seen[0] == (1, False)  # the mark's fsync came first, with no line written yet
+    rec.close()
+
+
+async def test_resuming_removes_marks_of_lines_never_written(tmp_path: Path) -> None:
+    """Killed between a mark and its line, or while writing the line (a torn one, cut off):
+    the mark must go before a line is appended where it points."""
+    rec = Recorder(tmp_path, [BTC])
+    rec.start(BTC, {})
+    rec.prepare(BTC)
+    one, two = line(1, DAY1 + 1000), line(2, DAY1 + 2000)
+    rec.write(BTC, [one, two], [(1, "2")])
+    rec.close()
+    raw = VaultPaths.of(tmp_path, BTC).raw_dir / "2025-12-14.jsonl"
+    raw.write_bytes(one[1] + two[1][:20])  # the late line torn
+    marks = VaultPaths.of(tmp_path, BTC).late_marks
+    marks.write_bytes(marks.read_bytes() + b'{"file":"2025-12-14.jsonl","trade')  # and a torn mark
+    batches = await replay(tmp_path, {})
+    rec = Recorder(tmp_path, [BTC])
+    rec.start(BTC, batches[-1].position)
+    rec.prepare(BTC)
+    assert marks_of(tmp_path) == []
+    rec.write(BTC, [line(3, DAY1 + 3000)])  # where the late line was: not late
+    rec.close()
+    assert await replay_all(tmp_path) == (["1", "3"], 0)

@@ -13,11 +13,13 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from .. import _interrupts
 from .alerts import register_alerts
 from .chart import register_chart
 from .common import PIPE_CLOSED_EXIT, Parser, package_version, report, run_async, stdout_closed
 from .demo import register_demo
 from .import_okx import register_import_okx
+from .levels import register_levels
 from .live import register_live
 from .nats import (
     register_cluster_status,
@@ -38,6 +40,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_signals,
     register_status,
     register_chart,
+    register_levels,
     register_live,
     register_ingest,
     register_publish,
@@ -104,6 +107,8 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.handler
     try:
+        if not getattr(args, "releases_interrupts", False):
+            _interrupts.release()  # a Ctrl-C held back while the commands loaded ends the run here
         return run_async(lambda: handler(args))
     except KeyboardInterrupt:
         return report(KeyboardInterrupt())

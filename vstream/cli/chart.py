@@ -13,7 +13,7 @@ from ..footprint_chart import render_footprint
 from ..instruments import VaultPaths
 from ..query import read_bars
 from ..settings import TIMEFRAMES
-from .common import add_vault_option, bar_count, time_range, vault_of
+from .common import add_vault_option, bar_count, existing_vault, instrument_id, time_range
 
 
 def register_chart(sub: Any) -> None:
@@ -24,7 +24,7 @@ def register_chart(sub: Any) -> None:
         description="Draw one instrument's price, volume coloured by tier and signal markers to "
         "a self-contained .svg or .html file, or a .png.",
     )
-    p.add_argument("--instId", dest="inst_id", required=True, metavar="ID", help="instrument")
+    p.add_argument("--instId", dest="inst_id", type=instrument_id, required=True, metavar="ID", help="instrument")
     add_vault_option(p)
     p.add_argument("--timeframe", choices=list(TIMEFRAMES), default="1m", help="which bars (1m)")
     p.add_argument("--since", metavar="ISO", help="from this time (ISO, or 6h/2d back)")
@@ -43,7 +43,7 @@ def register_chart(sub: Any) -> None:
 
 
 def _chart(args: Any) -> int:
-    vault = vault_of(args)
+    vault = existing_vault(args)
     paths = VaultPaths.of(vault, args.inst_id)
     now = time.time()
     since, until = time_range(args, now)

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import difflib
 import math
 import os
+import re
 import select
+import shlex
 import stat
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from ..assembler import Counters
-from ..errors import ConfigError, VStreamError
+from ..errors import ConfigError, InputRejectedError, VStreamError
+from ..instruments import VaultPaths, kind_of
 from ..query import parse_time
 from ..settings import TIMEFRAMES, Settings, load_config, make_settings
+from ..state import RunTally
+from ..takeover import TakeOver
 
 T = TypeVar("T")
 
@@ -36,15 +43,100 @@ _THRESHOLDS: list[tuple[str, str, type, str]] = [
     ("--imbalance-ratio", "imbalance_ratio", float, "footprint: volume ratio of an imbalanced level (3)"),
     ("--stacked-levels", "stacked_levels", int, "footprint: adjacent imbalanced levels that make a stack (3)"),
     ("--value-area", "value_area", float, "footprint: share of the bar's volume in the value area (0.7)"),
+    ("--poor-min-usd", "poor_min_usd", float, "footprint: least USD each side trades at a poor high/low (0: both > 0)"),
 ]
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line on stderr and exit 2."""
+    """An argument parser whose usage errors are one line on stderr and exit 2.
+
+    Options are never abbreviated (``--re`` once ran a full ``--rebuild``), and an option or
+    argument the command does not take is named in the error, with the nearest real option,
+    before any other complaint (a mistyped ``--instid`` must not read as "--instId is
+    required").
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # every parser, subcommands included
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         # One line on stderr and exit 2, as for every usage or configuration error.
         self.exit(2, f"vstream: {message} (see --help)\n")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        argv = list(sys.argv[1:] if args is None else args)
+        unknown = self._unknown_option(argv)
+        if unknown:
+            self.error(unknown)
+        parsed, extras = self.parse_known_args(argv, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            where = f"{command}: " if command else ""
+            hint = ""
+            if kind_like(extras[0]):
+                hint = " (each instrument needs its own --instId)"
+            self.error(f"{where}unexpected argument {extras[0]!r}{hint}")
+        return parsed
+
+    def _unknown_option(self, argv: list[str]) -> str | None:
+        """The error for the first option in ``argv`` that this parser (or the subcommand
+        named in ``argv``) does not have, else ``None``; the other errors are argparse's."""
+        options = self._option_string_actions
+        commands: dict[str, Parser] = {}
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                commands.update({k: v for k, v in action.choices.items() if isinstance(v, Parser)})
+        index = 0
+        while index < len(argv):
+            token = argv[index]
+            index += 1
+            if token == "--":
+                return None  # the rest is positional
+            if token in commands:
+                return commands[token]._unknown_option(argv[index:])
+            if not token.startswith("-") or token == "-" or self._negative_number_matcher.match(token):
+                continue
+            long = token.startswith("--")
+            name, eq, _ = token.partition("=") if long else (token[:2], "", "")
+            known = options.get(name)
+            if known is None:
+                return f"unknown option {name}{_did_you_mean(name, options)}"
+            if not eq and (long or len(token) == 2):  # not --opt=VALUE, not -oVALUE
+                index += _values_taken(known, argv[index:])
+        return None
+
+
+def _did_you_mean(name: str, options: Mapping[str, argparse.Action]) -> str:
+    """`` (did you mean --instId?)`` for an unknown option, or nothing when none is near."""
+    known = sorted(o for o in options if o.startswith("--"))
+    same = [o for o in known if o.lower() == name.lower()]
+    near = same or [o for o in known if o.startswith(name) and len(name) > 2]
+    near = near or difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    return f" (did you mean {' or '.join(near[:3])}?)" if near else ""
+
+
+def _values_taken(action: argparse.Action, rest: list[str]) -> int:
+    """How many of the tokens after an option are its values (its ``nargs``, as far as they
+    are not options themselves): they are not checked as options."""
+    nargs = action.nargs
+    if nargs == 0:
+        return 0
+    if nargs is None or isinstance(nargs, int):
+        return 1 if nargs is None else nargs
+    if nargs == "?":
+        return 1 if rest and not rest[0].startswith("-") else 0
+    taken = 0  # "*", "+": up to the next option
+    while taken < len(rest) and not rest[taken].startswith("-"):
+        taken += 1
+    return taken
+
+
+def kind_like(text: str) -> bool:
+    """Whether ``text`` looks like an instrument id (``BTC-USDT-SWAP``, ``eth-usdt``)."""
+    return bool(re.fullmatch(r"[A-Za-z0-9]+-[A-Za-z0-9]+(-[A-Za-z0-9]+)?", text))
 
 
 def positive_number(text: str) -> float:
@@ -99,11 +191,34 @@ def _timeframes(text: str) -> tuple[str, ...]:
     return items
 
 
+def instrument_id(text: str) -> str:
+    """``--instId``: an OKX instrument id as it is (``BTC-USDT-SWAP``).
+
+    Not upper-cased on the quiet: the id names the vault's folders and is matched against
+    every trade line's ``instId``, and on a case-blind file system (Windows) ``btc-usdt-swap``
+    would find the folder, then reject every line. Say what it should be instead.
+    """
+    try:
+        kind_of(text)
+    except ConfigError as exc:
+        upper = text.strip().upper()
+        if upper != text:
+            with contextlib.suppress(ConfigError):
+                kind_of(upper)
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} is not an OKX instrument id: ids are upper case, did you mean {upper}?"
+                ) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_instruments_option(p: argparse.ArgumentParser, every: str, *, flag: str = "--all") -> None:
     """``--instId ID`` (repeatable) or ``flag`` (``every`` says which instruments it takes):
     one of the two is required."""
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--instId", dest="inst_ids", action="append", metavar="ID", help="instrument, repeatable")
+    group.add_argument(
+        "--instId", dest="inst_ids", action="append", type=instrument_id, metavar="ID", help="instrument, repeatable"
+    )
     group.add_argument(flag, action="store_true", help=every)
 
 
@@ -174,6 +289,67 @@ def vault_of(args: argparse.Namespace) -> Path:
     return vault
 
 
+#: Whether printed commands and paths are quoted for cmd.exe / PowerShell (else a POSIX shell).
+ON_WINDOWS = sys.platform == "win32"
+#: What makes cmd.exe (or PowerShell) split or reinterpret an unquoted word.
+_CMD_SPECIAL = re.compile(r"""[\s"&|<>^()%!,;=`'$@{}\[\]]""")
+
+
+def shell_quote(text: str, *, windows: bool | None = None) -> str:
+    """``text`` as one word of a command line a user will paste into their shell.
+
+    POSIX: :func:`shlex.quote`. Windows: as it is when nothing in it is special to cmd.exe or
+    PowerShell, else in double quotes (both shells take those; a path cannot hold one), with
+    backslashes before the closing quote doubled, so the C runtime does not read ``\"`` as a
+    quote inside the word. ``windows`` defaults to the platform this runs on.
+    """
+    if not (ON_WINDOWS if windows is None else windows):
+        return shlex.quote(text)
+    if text and not _CMD_SPECIAL.search(text):
+        return text
+    trailing = len(text) - len(text.rstrip("\\"))
+    return '"' + text + "\\" * trailing + '"'
+
+
+def existing_vault(args: argparse.Namespace) -> Path:
+    """:func:`vault_of`, for the commands that only read a vault: one that is not there is a
+    :class:`ConfigError` saying so (not "no 1m bars in" a folder deep inside it)."""
+    vault = vault_of(args)
+    if not vault.is_dir():
+        raise ConfigError(f"vault {vault} does not exist")
+    return vault
+
+
+#: What a vault holds, one at least (SPEC §2): trades, bars or replay states.
+VAULT_PARTS = ("raw/okx/trades_*", "derived/volume", "state/volume")
+
+
+def is_vault(folder: Path) -> bool:
+    """Whether ``folder`` holds one of :data:`VAULT_PARTS` (blocking I/O)."""
+    try:
+        return any(path.is_dir() for part in VAULT_PARTS for path in folder.glob(part))
+    except OSError:
+        return False
+
+
+def require_vault(vault: Path) -> None:
+    """:class:`ConfigError` unless ``vault`` is a vault: a folder that does not exist, or holds
+    none of :data:`VAULT_PARTS` (its parent, or its ``derived/`` folder, given by mistake),
+    is named as such, with the vault nearby if there is one."""
+    if not vault.is_dir():
+        raise ConfigError(f"vault {vault} does not exist")
+    if is_vault(vault):
+        return
+    near: Path | None = next((p for p in list(vault.parents)[:3] if is_vault(p)), None)
+    if near is None:
+        with contextlib.suppress(OSError):
+            near = next((c for c in sorted(vault.iterdir()) if c.is_dir() and is_vault(c)), None)
+    hint = f"; did you mean {shell_quote(str(near))}?" if near is not None else ""
+    raise ConfigError(
+        f"{vault} is not a vault: it holds none of {', '.join(VAULT_PARTS)}{hint}"
+    )
+
+
 def settings_of(args: argparse.Namespace) -> tuple[Settings, frozenset[str]]:
     """The settings of a command (defaults, then ``--config``, then the flags) and the names
     of those the user gave, in the file or as flags: the others a resuming instrument takes
@@ -205,7 +381,14 @@ def time_range(args: argparse.Namespace, now: float) -> tuple[str | None, str | 
             found.append(parse_time(text, now) if text else None)
         except ConfigError as exc:
             raise ConfigError(f"--{option}: {exc}") from None
-    return found[0], found[1]
+    since, until = found
+    if since is not None and until is not None and since >= until:
+        # Both to the minute: --since is the first minute taken, --until the first one not.
+        raise ConfigError(
+            f"--since {args.since} ({since}) is not before --until {args.until} ({until}): "
+            f"no bar can match; swap them?"
+        )
+    return since, until
 
 
 def summary_line(inst_id: str, before: Counters, after: Counters, seconds: float) -> str:
@@ -214,6 +397,28 @@ def summary_line(inst_id: str, before: Counters, after: Counters, seconds: float
     rate = diff["trades"] / seconds if seconds > 0 else 0.0
     fields = " ".join(f"{k}={v}" for k, v in diff.items())
     return f"{inst_id} {fields} seconds={seconds:.2f} trades/s={rate:.0f}"
+
+
+def takeover_notice(paths: VaultPaths, took: TakeOver) -> str:
+    """The one line of a run that took the instrument over from ``volume_analyzer.py``."""
+    moved = " and ".join(str(p) for p in took.paths(paths))
+    return (
+        f"{paths.inst_id}: took over from volume_analyzer.py: its files were moved aside, unchanged, "
+        f"to {moved}; rebuilding {paths.inst_id} from the first raw byte"
+    )
+
+
+def rejects_verdict(paths: VaultPaths, tally: RunTally) -> str | None:
+    """"Nothing silent" (SPEC §7): the one line of a run that rejected more than half of the
+    lines it read (``None`` for a run that did not); :class:`InputRejectedError` (exit 1) for
+    one that rejected them all — how many, the first error, where the rejects file is."""
+    if not tally.most_rejected:
+        return None
+    where = f"(first: {tally.first_error}); see {paths.rejects}"
+    if tally.all_rejected:
+        lines = "the 1 line read was" if tally.lines == 1 else f"all {tally.lines} lines read were"
+        raise InputRejectedError(f"{paths.inst_id}: {lines} rejected {where}")
+    return f"{paths.inst_id}: {tally.rejected} of the {tally.lines} lines read were rejected {where}"
 
 
 def checkpoint_interval() -> float:

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..generate import LINE_FORMATS, generate_vault
 from ..instruments import VaultPaths
 from ..settings import Settings
-from .common import positive_number
+from .common import positive_number, shell_quote
 from .replay import replay_one
 
 DEMO_INSTRUMENTS = ("BTC-USDT-SWAP", "ETH-USDT-SWAP")
@@ -76,6 +76,15 @@ def describe(inst_id: str, bars: list[Bar]) -> list[str]:
 
 def _require_empty(folder: Path) -> None:
     """The demo writes sample trades over day files: never into a folder holding anything."""
+    for path in (folder, *folder.parents):
+        if path.is_file():  # not "is not empty": a file is not a folder at all
+            where = "is a file" if path == folder else f"cannot be made: {path} is a file"
+            raise ConfigError(
+                f"demo: --vault {folder} {where}; give a new or empty folder, "
+                f"or leave out --vault for a temporary one"
+            )
+        if path.is_dir():
+            break
     try:
         empty = not any(folder.iterdir())
     except FileNotFoundError:
@@ -100,7 +109,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         generate_vault, vault, instruments=DEMO_INSTRUMENTS, hours=args.hours, seed=args.seed,
         line_format=args.line_format,
     )
-    print(f"sample vault: {vault}")
+    print(f"sample vault: {shell_quote(str(vault))}")
     for inst_id, rep in report.instruments.items():
         print(
             f"  {inst_id}: {rep.trades} trades in {len(rep.files)} day files, "
@@ -119,7 +128,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         paths = VaultPaths.of(vault, inst_id)
         for line in describe(inst_id, read_bars(paths.output())):
             print(line)
-        print(f"    bars: {paths.output()}")
-        print(f"    rejects: {paths.rejects}")
-    print(f"next: vstream replay --all --vault {vault}")
+        print(f"    bars: {shell_quote(str(paths.output()))}")
+        print(f"    rejects: {shell_quote(str(paths.rejects))}")
+    # Quoted for the shell it is pasted into: a vault path may hold a space ("M.R Bear").
+    print(f"next: vstream replay --all --vault {shell_quote(str(vault))}")
     return 0

@@ -7,8 +7,9 @@ import sys
 from typing import Any
 
 from ..archive import ARCHIVE_COLUMNS, import_archives
+from ..formats import FORMATS
 from ..progress import Progress
-from .common import add_vault_option, print_out, vault_of
+from .common import add_vault_option, instrument_id, print_out, vault_of
 
 
 def register_import_okx(sub: Any) -> None:
@@ -21,10 +22,14 @@ def register_import_okx(sub: Any) -> None:
     )
     p.add_argument("archives", nargs="+", metavar="FILE", help="archive .zip or .csv files")
     add_vault_option(p)
-    p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID",
+    p.add_argument("--instId", dest="inst_ids", action="append", type=instrument_id, metavar="ID",
                    help="only rows of this instrument (repeatable; default: every instrument in the files)")
     p.add_argument("--columns", metavar="A,B,...",
                    help=f"column order of files without a header (default {','.join(ARCHIVE_COLUMNS)})")
+    p.add_argument("--format", dest="line_format", choices=FORMATS, metavar="okx|exporter",
+                   help="write OKX objects or the vault exporter's lines (default: the format the "
+                   "instrument's files hold; a new instrument gets exporter lines when the vault's "
+                   "other instruments hold them, else OKX objects)")
     p.add_argument("--allow-stale", action="store_true",
                    help="import even trades that fall before what replay already processed "
                    "(then run replay --rebuild for those instruments)")
@@ -42,7 +47,7 @@ def _import_cli(args: Any) -> int:
     try:
         reports = import_archives(
             vault, args.archives, inst_ids=args.inst_ids, columns=columns,
-            allow_stale=args.allow_stale, progress=progress,
+            allow_stale=args.allow_stale, progress=progress, line_format=args.line_format,
         )  # fmt: skip
     finally:
         progress.close()

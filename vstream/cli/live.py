@@ -24,7 +24,8 @@ import msgspec
 
 from ..assembler import Bar
 from ..engine import Engine
-from ..errors import SourceError
+from ..errors import ConfigError, SourceError
+from ..formats import FORMATS
 from ..instruments import kind_of
 from ..okx_rest import DEFAULT_REST_URL, OkxRest, refresh_instrument_cache
 from ..trades import TRADE_CHANNELS
@@ -33,6 +34,7 @@ from .common import (
     add_settings_options,
     add_vault_option,
     checkpoint_interval,
+    instrument_id,
     positive_number,
     settings_of,
     stdout_closed,
@@ -56,7 +58,7 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
         "closes and append it to the vault, like replay does.",
     )
     live.add_argument(
-        "--instId", dest="inst_ids", action="append", required=True, metavar="ID",
+        "--instId", dest="inst_ids", action="append", type=instrument_id, required=True, metavar="ID",
         help="instrument, repeatable",
     )
     add_vault_option(live)
@@ -69,6 +71,12 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
     live.add_argument(
         "--record", action="store_true",
         help="append every received trade to the vault's raw files, so replay can continue",
+    )
+    live.add_argument(
+        "--record-format", choices=FORMATS, metavar="okx|exporter",
+        help="with --record: write OKX objects or the vault exporter's lines (default: the "
+        "format the instrument's files hold; a new instrument gets exporter lines when the "
+        "vault's other instruments hold them, else OKX objects)",
     )
     live.add_argument(
         "--gap-timeout", type=positive_number, default=60.0, metavar="S",
@@ -118,6 +126,8 @@ async def run_live(args: argparse.Namespace) -> int:
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids))
     for inst_id in inst_ids:
         kind_of(inst_id)
+    if args.record_format is not None and not args.record:
+        raise ConfigError("--record-format chooses how --record writes trades: give --record too")
     # The handlers go in before any start-up work (the instrument fetch may retry for seconds):
     # a stop then ends start-up, with nothing opened yet to flush or checkpoint, and exit 0.
     stop = _Stop()
@@ -141,6 +151,8 @@ async def run_live(args: argparse.Namespace) -> int:
             ws_url=args.ws_url,
             rest=rest,
             record_vault=vault if args.record else None,
+            record_format=args.record_format,
+            ct_val=settings.ct_val,
             grace=settings.grace,
             gap_timeout=args.gap_timeout,
         )

@@ -9,20 +9,23 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 import msgspec
 
+from .. import _interrupts
 from ..alerts.rules import AlertRules
+from ..assembler import Counters
 from ..engine import Engine
 from ..errors import ConfigError
-from ..instruments import discover, kind_of
+from ..instruments import VaultPaths, discover, kind_of
 from ..progress import Progress, ProgressSource
 from ..settings import Settings
-from ..sources.replay import ReplaySource
+from ..sources.replay import ReplaySource, warn_passed_over
 from .alerts import add_alert_options, alert_rules_of
 from .common import (
     add_instruments_option,
@@ -31,14 +34,14 @@ from .common import (
     checkpoint_interval,
     describe,
     print_out,
+    rejects_verdict,
     report,
     run_async,
     settings_of,
     summary_line,
+    takeover_notice,
     vault_of,
 )
-
-T = TypeVar("T")
 
 
 def register_replay(sub: argparse._SubParsersAction[Any]) -> None:
@@ -57,7 +60,8 @@ def register_replay(sub: argparse._SubParsersAction[Any]) -> None:
     replay.add_argument("--strict", action="store_true", help="stop with an error at the first rejected line")
     add_settings_options(replay)
     add_alert_options(replay)
-    replay.set_defaults(handler=_replay)
+    # Ctrl-C is held back (vstream._interrupts) until _replay can stop its instruments cleanly.
+    replay.set_defaults(handler=_replay, releases_interrupts=True)
 
 
 async def replay_one(
@@ -70,17 +74,25 @@ async def replay_one(
     strict: bool,
     progress: Progress | None = None,
     given: frozenset[str] | None = None,
+    notices: list[str] | None = None,
+    stop: Stop | None = None,
     alerts: AlertRules | None = None,
     alerts_given: frozenset[str] | None = None,
 ) -> str:
     """Catch one instrument up; return its summary line (``progress`` shows how far it got).
 
     ``given`` names the settings the user chose; the instrument's state supplies the others
-    (``None``: all of ``settings`` is chosen)."""
+    (``None``: all of ``settings`` is chosen). Lines for stderr go to ``notices``: a takeover
+    from volume_analyzer.py, a run that rejected most of its lines (one that rejected all of
+    them raises :class:`~vstream.errors.InputRejectedError`). When ``stop`` is asked, the run
+    ends early and cleanly (flushed and checkpointed, resumed by the next run) and the line
+    says what it did so far; asked before it began, it does nothing."""
+    started = time.perf_counter()
+    if stop is not None and stop.requested:
+        return summary_line(inst_id, Counters(), Counters(), 0.0)
     source: Any = ReplaySource(vault, inst_id, final=final, strict=strict)
     if progress is not None and progress.enabled:
         source = ProgressSource(source, progress)
-    started = time.perf_counter()
     engine = Engine(
         [source],
         settings=settings,
@@ -91,11 +103,135 @@ async def replay_one(
         alerts=alerts,
         alerts_given=alerts_given,
     )
+    paths = VaultPaths.of(vault, inst_id)
+    notices = [] if notices is None else notices
     async with engine:
+        took = engine.took_over(inst_id)
+        if took is not None:
+            notices.append(takeover_notice(paths, took))
         before = msgspec.structs.replace(engine.assembler(inst_id).counters)
-        await engine.run()
+        with stop.stops(engine) if stop is not None else contextlib.nullcontext():
+            await engine.run()
         after = engine.assembler(inst_id).counters
+        tally = engine.run_tally(inst_id)
+    verdict = rejects_verdict(paths, tally)  # after the engine closed: the rejects are durable
+    if verdict is not None:
+        notices.append(verdict)
     return summary_line(inst_id, before, after, time.perf_counter() - started)
+
+
+class Stop:
+    """Ends this process's replays early and cleanly when asked: each engine stops reading,
+    flushes and checkpoints, and its summary line says what it did so far.
+
+    Asked by SIGINT (Ctrl-C) in the command's process, by the parent's SIGTERM in a
+    ``replay --all`` worker. :meth:`request` may be called from a signal handler.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._engines: set[Engine] = set()
+        self._hooks: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def request(self) -> None:
+        if self.requested:
+            return  # once: the engines are already stopping
+        self.requested = True
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to stop
+                loop.call_soon_threadsafe(self._stop_all)
+
+    def _stop_all(self) -> None:
+        for engine in list(self._engines):
+            engine.stop()
+        for hook in self._hooks:
+            hook()
+
+    def when_requested(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on the loop when a stop is asked (at once if it was)."""
+        self._loop = asyncio.get_running_loop()
+        self._hooks.append(hook)
+        if self.requested:
+            hook()
+
+    @contextlib.contextmanager
+    def stops(self, engine: Engine) -> Iterator[None]:
+        """While in the block, :meth:`request` stops ``engine`` (at once if already asked)."""
+        self._loop = asyncio.get_running_loop()
+        self._engines.add(engine)
+        if self.requested:
+            engine.stop()
+        try:
+            yield
+        finally:
+            self._engines.discard(engine)
+
+
+@contextlib.contextmanager
+def _on_sigint(callback: Callable[[], None]) -> Iterator[None]:
+    """While in the block, SIGINT calls ``callback`` on the running loop (in place of
+    asyncio's cancelling the whole command). The main thread only: else nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def handler(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(callback)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Outcome(NamedTuple):
+    """What one instrument's replay came to: its summary line (so far, when ``interrupted``),
+    or the failure's message and exit status; and what else it must say (``notices``)."""
+
+    line: str | None
+    error: str | None = None
+    code: int = 0
+    interrupted: bool = False
+    notices: tuple[str, ...] = ()
+
+
+def _outcome(
+    result: BaseException | str | _Outcome, inst_id: str, interrupted: bool, notices: list[str] | None = None
+) -> _Outcome:
+    said = tuple(notices or ())
+    if isinstance(result, _Outcome):
+        return result
+    if isinstance(result, str):
+        return _Outcome(result, code=int(interrupted), interrupted=interrupted, notices=said)
+    if isinstance(result, (KeyboardInterrupt, asyncio.CancelledError)):
+        # Never got going (a worker's task cancelled, say): it did nothing this run.
+        line = summary_line(inst_id, Counters(), Counters(), 0.0)
+        return _Outcome(line, code=1, interrupted=True, notices=said)
+    message, code = describe(result, inst_id)
+    return _Outcome(None, message, code, notices=said)
+
+
+def _report(outcomes: list[_Outcome], interrupted: bool, quiet: bool) -> int:
+    """Print each instrument's notices (stderr, not with ``-q``), then its line (stdout) or
+    failure (stderr), in the order given; an interrupted run then says so once. Returns the
+    exit status."""
+    status = 0
+    for outcome in outcomes:
+        if not quiet:
+            for text in outcome.notices:
+                print(f"vstream: {text}", file=sys.stderr, flush=True)
+        if outcome.line is not None:
+            print_out(outcome.line)
+        if outcome.error is not None:
+            print(f"vstream: {outcome.error}", file=sys.stderr, flush=True)
+            status = max(status, outcome.code)
+    if interrupted or any(o.interrupted for o in outcomes):
+        status = max(status, report(KeyboardInterrupt()))  # "vstream: interrupted", exit 1
+    return status
 
 
 async def _replay(args: argparse.Namespace) -> int:
@@ -105,32 +241,48 @@ async def _replay(args: argparse.Namespace) -> int:
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids or []))
     if args.all:
         inst_ids = discover(vault)
+        await asyncio.to_thread(warn_passed_over, vault)  # nothing in raw/ passed over silently
         if not inst_ids:
             raise ConfigError(f"no instruments with trade files under {vault / 'raw' / 'okx'}")
     for inst_id in inst_ids:
         kind_of(inst_id)
     workers = min(len(inst_ids), os.cpu_count() or 1)
-    if workers > 1:
-        return await _replay_parallel(args, vault, settings, given, inst_ids, workers, alerts)
+    stop = Stop()
+    with _on_sigint(stop.request):  # Ctrl-C: every instrument stops cleanly and reports
+        _interrupts.release()  # one held back since start-up is taken now
+        if workers > 1:
+            return await _replay_parallel(args, vault, settings, given, inst_ids, workers, stop, alerts)
+        return await _replay_here(args, vault, settings, given, inst_ids, stop, alerts)
+
+
+async def _replay_here(
+    args: argparse.Namespace,
+    vault: Path,
+    settings: Settings,
+    given: frozenset[str],
+    inst_ids: list[str],
+    stop: Stop,
+    alerts: tuple[AlertRules | None, frozenset[str]] = (None, frozenset()),
+) -> int:
+    """The instruments side by side in this process."""
     progress = Progress(f"replay {len(inst_ids)} instrument(s)", enabled=False if args.quiet else None)
-    results = await asyncio.gather(
-        *(
-            replay_one(
-                vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict,
-                progress=progress, given=given, alerts=alerts[0], alerts_given=alerts[1],
-            )
-            for i in inst_ids
-        ),
-        return_exceptions=True,
-    )
-    progress.close()
-    status = 0
-    for inst_id, result in zip(inst_ids, results, strict=True):
-        if isinstance(result, BaseException):
-            status = max(status, report(result, inst_id))
-        else:
-            print_out(result)
-    return status
+    notices: dict[str, list[str]] = {i: [] for i in inst_ids}
+    try:
+        results = await asyncio.gather(
+            *(
+                replay_one(
+                    vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict,
+                    progress=progress, given=given, notices=notices[i], stop=stop,
+                    alerts=alerts[0], alerts_given=alerts[1],
+                )
+                for i in inst_ids
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        progress.close()
+    outcomes = [_outcome(r, i, stop.requested, notices[i]) for i, r in zip(inst_ids, results, strict=True)]
+    return _report(outcomes, stop.requested, args.quiet)
 
 
 async def _replay_parallel(
@@ -140,6 +292,7 @@ async def _replay_parallel(
     given: frozenset[str],
     inst_ids: list[str],
     workers: int,
+    stop: Stop,
     alerts: tuple[AlertRules | None, frozenset[str]] = (None, frozenset()),
 ) -> int:
     """One worker process per instrument, at most ``workers`` at a time.
@@ -149,7 +302,6 @@ async def _replay_parallel(
     Workers are started with ``spawn`` (as on Windows): no event loop or lock is inherited.
     Results are printed in the order the instruments were given, with the usual exit codes.
     """
-    import threading
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -165,13 +317,16 @@ async def _replay_parallel(
         max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(), queue)
     )
     try:
-        futures = [
-            loop.run_in_executor(
-                pool, _replay_worker, str(vault), i, settings, given, args.final, args.rebuild,
-                args.strict, alerts,
-            )
-            for i in inst_ids
-        ]
+        with _children_start_deaf():  # the pool starts its workers as tasks are given
+            futures = [
+                loop.run_in_executor(
+                    pool, _replay_worker, str(vault), i, settings, given, args.final,
+                    args.rebuild, args.strict, alerts,
+                )
+                for i in inst_ids
+            ]
+        # Ctrl-C (now, or before the workers were there): each is told once, and reports.
+        stop.when_requested(lambda: _stop_workers(pool))
         results = await asyncio.gather(*futures, return_exceptions=True)
     except BaseException:
         _stop_workers(pool)
@@ -183,16 +338,33 @@ async def _replay_parallel(
             queue.put(None)
             relay.join(5)
         progress.close()
-    status = 0
-    for inst_id, result in zip(inst_ids, results, strict=True):
-        if isinstance(result, BaseException):
-            status = max(status, report(result, inst_id))
-        elif result[1]:
-            print(f"vstream: {result[0]}", file=sys.stderr, flush=True)
-            status = max(status, result[1])
-        else:
-            print_out(result[0])
-    return status
+    outcomes = [_outcome(r, i, stop.requested) for i, r in zip(inst_ids, results, strict=True)]
+    return _report(outcomes, stop.requested, args.quiet)
+
+
+@contextlib.contextmanager
+def _children_start_deaf() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread while the block starts worker processes.
+
+    A child inherits the mask: a Ctrl-C, or the SIGTERM that :func:`_stop_workers` sends,
+    that comes while it is still starting (Python loading, the pickled task arriving) waits
+    until :func:`_worker_init` has its handling in place, instead of printing a
+    KeyboardInterrupt traceback from the child or killing it (bpo-33613; multiprocessing
+    starts its resource tracker the same way). Here, the signal is only held back for as
+    long as the block lasts. POSIX only.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    # Started first, outside the block: it unblocks both signals after starting itself.
+    resource_tracker.ensure_running()
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class _RelayProgress(Progress):
@@ -234,21 +406,9 @@ def _stop_workers(pool: Any) -> None:
                 os.kill(process.pid, signal.SIGTERM)
 
 
-async def _until_sigterm(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main``; SIGTERM cancels it (the engine then flushes and checkpoints)."""
-    if sys.platform == "win32":
-        return await main()  # no signal handlers on Windows' event loop
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        return await main()
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
 _progress_queue: Any = None
+#: A worker's replays stop when the parent asks (SIGTERM; on Windows the console's Ctrl-C).
+_worker_stop = Stop()
 
 
 def _worker_init(parent_pid: int, queue: Any = None) -> None:
@@ -264,6 +424,13 @@ def _worker_init(parent_pid: int, queue: Any = None) -> None:
         # The parent tells workers when to stop (SIGTERM, once): a terminal's Ctrl-C, sent to
         # the whole process group, would otherwise reach them a second time.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda signum, frame: _worker_stop.request())
+        # Both were blocked since the parent started this process (_children_start_deaf): a
+        # SIGTERM that came meanwhile is taken now, a Ctrl-C dropped.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    else:
+        # Windows has no SIGTERM to send: a console's Ctrl-C reaches every process on it.
+        signal.signal(signal.SIGINT, lambda signum, frame: _worker_stop.request())
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -271,7 +438,6 @@ def _worker_init(parent_pid: int, queue: Any = None) -> None:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if sys.platform != "win32":
-        import threading
 
         def watch() -> None:
             # Also covers the parent dying before prctl above, and systems without prctl.
@@ -291,20 +457,20 @@ def _replay_worker(
     rebuild: bool,
     strict: bool,
     alerts: tuple[AlertRules | None, frozenset[str]] = (None, frozenset()),
-) -> tuple[str, int]:
-    """Worker-process entry of ``replay``: (summary line, 0) or (error message, exit code)."""
+) -> _Outcome:
+    """Worker-process entry of ``replay``: its outcome (notices included), which the parent
+    reports."""
     logging.basicConfig(level=logging.WARNING, format="vstream: %(message)s", stream=sys.stderr)
+    notices: list[str] = []
     try:
         relay = _RelayProgress(_progress_queue) if _progress_queue is not None else None
         line = run_async(
-            lambda: _until_sigterm(
-                lambda: replay_one(
-                    Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
-                    progress=relay, given=given, alerts=alerts[0], alerts_given=alerts[1],
-                )
+            lambda: replay_one(
+                Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
+                progress=relay, given=given, notices=notices, stop=_worker_stop,
+                alerts=alerts[0], alerts_given=alerts[1],
             )
         )
     except BaseException as exc:  # reported by the parent, like an in-process failure
-        message, code = describe(exc, inst_id)
-        return message, code
-    return line, 0
+        return _outcome(exc, inst_id, False, notices)
+    return _outcome(line, inst_id, _worker_stop.requested, notices)

@@ -24,7 +24,7 @@ from ..query import (
     signal_row,
 )
 from ..settings import TIMEFRAMES
-from .common import add_instruments_option, add_vault_option, bar_count, time_range, vault_of
+from .common import add_instruments_option, add_vault_option, bar_count, existing_vault, time_range
 
 
 def _tiers(text: str) -> list[str]:
@@ -58,6 +58,10 @@ def register_signals(sub: Any) -> None:
                    help="footprint bars whose POC moved (this way) from the previous bar's POC")
     p.add_argument("--poc-shift-min", type=_price, default=Decimal(0), metavar="PRICE",
                    help="with --poc-shift: the least move, in price (0: any move)")
+    p.add_argument("--poor-high", action="store_true", help="footprint bars whose high is poor (an unfinished auction)")
+    p.add_argument("--poor-low", action="store_true", help="footprint bars whose low is poor")
+    p.add_argument("--untouched", action="store_true",
+                   help="with --poor-high/--poor-low: only those no later bar in the file has traded through")
     p.add_argument("--since", metavar="ISO", help="from this time (2025-12-14T21:00Z, or 6h, 2d back)")
     p.add_argument("--until", metavar="ISO", help="before this time (same forms)")
     p.add_argument("--last", type=bar_count, metavar="N", help="only the last N matching bars")
@@ -80,7 +84,7 @@ def _price(text: str) -> Decimal:
 
 
 def _signals(args: Any) -> int:
-    vault = vault_of(args)
+    vault = existing_vault(args)
     now = time.time()
     if args.all:
         inst_ids = [i for i in known_instruments(vault) if VaultPaths.of(vault, i).output(args.timeframe).exists()]
@@ -98,7 +102,12 @@ def _signals(args: Any) -> int:
         stacked=args.stacked,
         poc_shift=args.poc_shift,
         poc_shift_min=args.poc_shift_min,
+        poor_high=args.poor_high,
+        poor_low=args.poor_low,
+        untouched=args.untouched,
     )
+    if args.untouched and not (args.poor_high or args.poor_low):
+        raise ConfigError("--untouched needs --poor-high or --poor-low")
     since, until = time_range(args, now)
     found: Iterable[tuple[Bar, bytes]] = find_signals(
         vault, inst_ids, flt, timeframe=args.timeframe, since=since, until=until

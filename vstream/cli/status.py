@@ -19,7 +19,7 @@ from ..query import (
     status_row,
     vault_status,
 )
-from .common import add_vault_option, stdout_closed, vault_of
+from .common import add_vault_option, instrument_id, require_vault, stdout_closed, vault_of
 
 if TYPE_CHECKING:
     from ..alerts.status import DestinationStatus
@@ -54,7 +54,7 @@ def register_status(sub: Any) -> None:
         "0 when every instrument is healthy, 1 when any has a problem, 2 on a usage error.",
     )
     add_vault_option(p)
-    p.add_argument("--instId", dest="inst_ids", action="append", metavar="ID",
+    p.add_argument("--instId", dest="inst_ids", action="append", type=instrument_id, metavar="ID",
                    help="only these instruments (default: all in the vault)")
     p.add_argument("--max-lag", metavar="DURATION", type=max_lag,
                    help="a problem when the last 1m bar ended longer ago than this (90s, 10m, 2h, 1d); off by default")
@@ -70,8 +70,7 @@ def register_status(sub: Any) -> None:
 
 def _status(args: Any) -> int:
     vault = vault_of(args)
-    if not vault.is_dir():
-        raise ConfigError(f"vault {vault} does not exist")
+    require_vault(vault)  # a folder that is not one would pass as "no instruments", exit 0
     result = vault_status(vault, args.inst_ids, max_lag=args.max_lag, remember=not args.no_remember)
     from ..alerts.status import delivery_status
 
@@ -93,8 +92,8 @@ def _write(args: Any, vault: Path, result: list[InstrumentStatus], deliveries: l
             out.write(msgspec.json.encode(obj).decode() + "\n")
     else:
         if not result:
-            out.write(f"no instruments in vault {vault}\n")
-        for text in format_table(STATUS_COLUMNS, [status_row(s) for s in result], right={2, 3, 4, 5, 6, 7, 8}):
+            out.write(f"no instruments in vault {vault} yet (no trade files in raw/okx/trades_*/INSTID/, no replay states)\n")
+        for text in [] if not result else format_table(STATUS_COLUMNS, [status_row(s) for s in result], right={2, 3, 4, 5, 6, 7, 8}):
             out.write(text + "\n")
         for st in result:
             for problem in st.problems:

@@ -95,6 +95,13 @@ def stamp_ms(value: Any, now_ms: int) -> int | str:
     return bad if bad is not None else ts
 
 
+def ct_value(value: Any) -> float:
+    """A line's ``ctVal`` (text or number) as a contract value, or 0.0 if it is not one (the
+    rule of :func:`check`)."""
+    got = _ct(value)
+    return got if isinstance(got, float) else 0.0
+
+
 def _ct(value: Any) -> float | str:
     """A line's ``ctVal``: by the rule of a size (a JSON number, or a string holding one),
     finite, > 0 and at most :data:`~vstream.settings.MAX_CT_VAL`; or what is wrong."""

@@ -29,6 +29,13 @@ What the spec leaves open, decided here:
   ``live = False``: the engine's own ticker must not race these closes.
 * **Recording** (``record_vault``). The lines of a batch are appended and flushed before the
   batch is yielded, and its position is the recorder's after them (see the recorder's docs).
+  Each instrument is recorded in the line format its files hold (``record_format`` chooses;
+  :func:`vstream.recording.choose_format`): as the OKX JSON that arrived, or as the vault
+  exporter's lines (:class:`vstream.recording.RecordStyle`), whose trades are delivered as a
+  replay reads them back (one fill each: ``trades-all`` keeps fills exact). The vault's
+  instrument file ``meta/okx/instruments/{INSTID}.json`` is written, in the exporter's shape,
+  where there is none: from the whole OKX row in the instrument cache, else from OKX (one
+  REST call); if neither has it, the recording goes on without it, with a warning.
 * **Resume.** When recording, the raw files are first caught up from the saved position with
   the replay reader; a torn last line is cut off. The newest recorded trade id then becomes
   the frontier and the first connection fills what was missed while nothing ran (if it is not
@@ -54,8 +61,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import WebSocketException
 
 from ..errors import ConfigError, SourceError, VStreamError
-from ..instruments import kind_of
+from ..formats import FORMATS
+from ..instruments import Kind, kind_of, meta_path
 from ..okx_rest import DEFAULT_REST_URL, OkxRest
+from ..recording import cached_row, choose_format, record_style, write_meta
 from ..state import FilePos
 from ..trades import TRADE_CHANNELS
 from . import Batch
@@ -155,6 +164,10 @@ class OkxSource:
         rest_url: base URL of the REST API (default ``https://www.okx.com``).
         record_vault: when set, record every delivered trade into this vault's raw files and
             report positions in the replay format (see module docs).
+        record_format: ``"okx"`` or ``"exporter"``: the line format to record in; None: the
+            one each instrument's files hold (see :func:`vstream.recording.choose_format`).
+        ct_val: contract value overrides by instrument (``Settings.ct_val``): the ctVal of
+            exporter lines of an instrument with no instrument file in the vault.
         grace: seconds after a minute ends before it is closed on the wall clock; pass the
             engine's ``Settings.grace``.
         ping_interval: seconds of silence before sending ``ping``.
@@ -189,6 +202,8 @@ class OkxSource:
         ws_url: str | None = None,
         rest_url: str | None = None,
         record_vault: str | os.PathLike[str] | None = None,
+        record_format: str | None = None,
+        ct_val: Mapping[str, float] | None = None,
         grace: float = 2.0,
         ping_interval: float = 20.0,
         pong_timeout: float = 5.0,
@@ -210,6 +225,8 @@ class OkxSource:
             kind_of(inst)
         if channel not in CHANNELS:
             raise ConfigError(f"channel must be 'trades' or 'trades-all', not {channel!r}")
+        if record_format is not None and record_format not in FORMATS:
+            raise ConfigError(f"record_format must be 'okx' or 'exporter', not {record_format!r}")
         if ws_url is not None and not ws_url.startswith(("ws://", "wss://")):
             raise ConfigError(f"websocket URL must start with ws:// or wss://, got {ws_url!r}")
         for name, value in (
@@ -230,6 +247,8 @@ class OkxSource:
         self.ws_url = ws_url or (PUBLIC_WS_URL if channel == "trades" else BUSINESS_WS_URL)
         self.rest_url = rest_url or DEFAULT_REST_URL
         self.record_vault = Path(record_vault) if record_vault is not None else None
+        self.record_format = record_format
+        self._ct_overrides = dict(ct_val) if ct_val else {}
         self.grace_ms = round(grace * 1000)
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
@@ -407,7 +426,7 @@ class OkxSource:
             if isinstance(out, Emit):
                 if recorder is not None:
                     if out.lines:
-                        recorder.write(out.batch.inst_id, out.lines)
+                        recorder.write(out.batch.inst_id, out.lines, out.late)
                         self.stats.recorded += len(out.lines)
                     out.batch.position = recorder.position(out.batch.inst_id)
                 batches.append(out.batch)
@@ -489,11 +508,52 @@ class OkxSource:
             yield batch
         recorder.start(inst_id, replay.snapshot()[inst_id])
         await asyncio.to_thread(recorder.prepare, inst_id)
+        await self._write_meta(inst_id)
+        vault = self.record_vault
+        fmt = await asyncio.to_thread(choose_format, vault, inst_id, self.record_format)
+        if fmt == "exporter":
+            style = await asyncio.to_thread(record_style, vault, inst_id, self._ct_overrides)
+            self._protocol.record_as(inst_id, style)
+            if self.channel == "trades":
+                log.info(
+                    "%s: recording exporter lines, which carry no count: each record counts "
+                    "as one fill (--channel trades-all keeps fills exact)", inst_id,
+                )
         recorded = None
         if self._protocol.instruments[inst_id].replayed_newest is None:
             recorded = await asyncio.to_thread(recorder.last_recorded, inst_id, self._now_ms())
         for batch in self._carry_out(self._protocol.resume_from(inst_id, recorded, self._now_ms())):
             yield batch
+
+    async def _write_meta(self, inst_id: str) -> None:
+        """Write the vault's instrument file of ``inst_id`` where there is none (module docs)."""
+        assert self.record_vault is not None
+        vault = self.record_vault
+        if await asyncio.to_thread(meta_path(vault, inst_id).exists):
+            return
+        row = await asyncio.to_thread(cached_row, vault, inst_id)
+        if row is None and self._rest is not None:
+            inst_type = {Kind.SWAP: "SWAP", Kind.FUTURES: "FUTURES", Kind.SPOT: "SPOT"}[kind_of(inst_id)]
+            try:
+                async with asyncio.timeout(max(self.open_timeout, 1.0)):
+                    rows = await self._rest.instruments(inst_type, inst_id)
+            except (SourceError, TimeoutError) as exc:
+                log.warning(
+                    "%s: cannot fetch its OKX instrument row (%s); %s is not written this time",
+                    inst_id, exc or "timed out", meta_path(vault, inst_id),
+                )
+                return
+            row = next((r for r in rows if r.get("instId") == inst_id), None)
+        if row is None:
+            log.warning("%s: OKX lists no instrument row for it; %s is not written", inst_id,
+                        meta_path(vault, inst_id))
+            return
+        try:
+            await asyncio.to_thread(write_meta, vault, inst_id, row)
+        except OSError as exc:
+            raise SourceError(
+                f"{inst_id}: cannot write {meta_path(vault, inst_id)}: {exc.strerror or exc}"
+            ) from exc
 
     # -- connections --------------------------------------------------------------------
 

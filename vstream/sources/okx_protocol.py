@@ -29,6 +29,14 @@ thus be driven by a table of inputs in a test (``tests/sources/test_okx_protocol
   the wall clock* (replay would still take it) is wrapped as
   ``{"event":"vstream-late",...,"data":[trade]}``, which replay skips: the replay of a recording
   then yields the very bars live yielded.
+* **Exporter lines.** An instrument recorded in the vault exporter's format
+  (:meth:`OkxProtocol.record_as`) gets each trade as an exporter line instead. Such a line has
+  no ``count`` and carries the instrument's ctVal/ctType, so the trade is delivered as a replay
+  reads the line back (:meth:`~vstream.recording.RecordStyle.as_read`: one fill, the line's
+  contract facts); the trade-id frontier still follows the record's real ``count``. A trade late
+  only by the wall clock cannot be wrapped (the line must be the exporter's twelve keys): it is
+  recorded as a plain line and named in :attr:`Emit.late`, for the recorder's late marks
+  (:mod:`vstream.sources.late_marks`), which replay drops.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from typing import Any, Final
 import msgspec
 
 from ..errors import ConfigError
+from ..recording import RecordStyle
 from ..trades import TRADE_CHANNELS, LineDecoder, Reject, Trade
 from . import Batch
 
@@ -137,11 +146,14 @@ FrameEvent = Push | Subscribed | ErrorFrame | UpgradeNotice
 class Emit:
     """A batch to hand on, and the lines to record (``(trade ts, line)``) before it.
 
-    The shell sets ``batch.position`` once the lines are written.
+    ``late`` names the lines (``(index in lines, tradeId)``) that are exporter lines of trades
+    late only by the wall clock: the recorder marks them (see the module docs). The shell sets
+    ``batch.position`` once the lines are written.
     """
 
     batch: Batch
     lines: list[tuple[int, bytes]] = field(default_factory=list)
+    late: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +217,8 @@ class InstState:
     shadow_closed: bool = False
     # The newest trade (id, ts) the catch-up of a recording replayed.
     replayed_newest: tuple[int, int] | None = None
+    # Recorded as exporter lines in this style (None: as the OKX JSON that arrived).
+    style: RecordStyle | None = None
 
     @property
     def held_back(self) -> bool:
@@ -264,6 +278,11 @@ class OkxProtocol:
         self._frame_no = 0
         self._ws_file = f"ws:{channel}"
         self._late_prefix = b'{"event":"' + LATE_EVENT.encode() + b'","arg":'
+
+    def record_as(self, inst_id: str, style: RecordStyle | None) -> None:
+        """Record ``inst_id``'s trades as exporter lines of ``style`` (None: as OKX JSON); set
+        before its first delivery (the shell does it once the recording is caught up)."""
+        self.instruments[inst_id].style = style
 
     # -- frames -------------------------------------------------------------------------
 
@@ -570,12 +589,15 @@ class OkxProtocol:
         trades: list[Trade] = []
         gap_next = False
         lines: list[tuple[int, bytes]] = []
+        late: list[tuple[int, str]] = []
+        style = st.style if self.record else None
         for item in items:
             if item is None:
                 if trades or lines:
-                    out.append(Emit(Batch(st.inst_id, trades, gap=gap_next), lines))
+                    out.append(Emit(Batch(st.inst_id, trades, gap=gap_next), lines, late))
                     lines = []
                     trades = []
+                    late = []
                 gap_next = True
                 continue
             trade = item.trade
@@ -584,8 +606,16 @@ class OkxProtocol:
             if st.shadow_open is None or minute > st.shadow_open:
                 st.shadow_open = minute
                 st.shadow_closed = False
-            trades.append(trade)
-            if self.record:
+            if style is not None:
+                # The line is written from the trade as it arrived (the contract's texts), the
+                # engine gets it as a replay will read that line.
+                line = style.line(trade)
+                trade = style.as_read(trade)
+                if late_by_clock:
+                    self.stats.late_recorded += 1
+                    late.append((len(lines), trade.tradeId))
+                lines.append((trade.ts, line))
+            elif self.record:
                 if late_by_clock:
                     self.stats.late_recorded += 1
                     line = (
@@ -596,8 +626,9 @@ class OkxProtocol:
                 else:
                     line = item.raw + b"\n"
                 lines.append((trade.ts, line))
+            trades.append(trade)
         if trades or lines or gap_next:
-            out.append(Emit(Batch(st.inst_id, trades, gap=gap_next), lines))
+            out.append(Emit(Batch(st.inst_id, trades, gap=gap_next), lines, late))
         return out
 
 

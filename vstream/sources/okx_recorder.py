@@ -1,14 +1,18 @@
 """``vstream live --record``: append delivered trades to the vault's raw files.
 
 Every delivered trade is appended, as the line the protocol made of it (the flat OKX object it
-arrived as, or a wrapped late one), to ``raw/okx/trades_*/{INSTID}/{DATE}.jsonl`` and flushed
-*before* the batch carrying it is yielded; :meth:`Recorder.sync` (the engine calls the source's
+arrived as, a wrapped late one, or an exporter line), to
+``raw/okx/trades_*/{INSTID}/{DATE}.jsonl`` and flushed *before* the batch carrying it is yielded; :meth:`Recorder.sync` (the engine calls the source's
 ``sync`` before it commits the state) fsyncs it. The position is the replay source's
 (``{day: FilePos}``), so ``replay`` continues where live stopped and the other way round.
 
 A trade is written to the file of its UTC day, except that the recorder never goes back to an
 older file than one it already wrote (such a trade is late anyway), so a replay reads the lines
 in the order live saw them.
+
+An exporter line of a trade late only by the wall clock gets a late mark
+(:mod:`vstream.sources.late_marks`), appended, flushed and fsynced before its line is written;
+:meth:`Recorder.prepare` removes the marks of lines a killed recorder never wrote.
 
 Before recording, the source catches the raw files up from the saved position with the replay
 reader; :meth:`Recorder.prepare` then cuts a torn last line (a recorder killed mid-write) and
@@ -38,6 +42,8 @@ from ..errors import SourceError
 from ..instruments import VaultPaths
 from ..state import FilePos
 from ..trades import LineDecoder
+from . import late_marks
+from .late_marks import LateMark
 from .replay import day_files
 
 log = logging.getLogger("vstream")
@@ -54,12 +60,14 @@ class _Track:
 
     inst_id: str
     raw_dir: Path
+    marks_path: Path
     files: dict[str, FilePos] = field(default_factory=dict)
     tails: dict[str, bytes] = field(default_factory=dict)
     handle: BufferedWriter | None = None
     handle_day: str = ""
     dirty: set[str] = field(default_factory=set)
     rec_day: str = ""
+    marks: BufferedWriter | None = None
 
 
 def _utc_day(ts_ms: int) -> str:
@@ -71,7 +79,10 @@ class Recorder:
 
     def __init__(self, vault: Path, inst_ids: Sequence[str]) -> None:
         self.vault = vault
-        self._tracks = {i: _Track(i, VaultPaths.of(vault, i).raw_dir) for i in inst_ids}
+        self._tracks = {}
+        for inst_id in inst_ids:
+            paths = VaultPaths.of(vault, inst_id)
+            self._tracks[inst_id] = _Track(inst_id, paths.raw_dir, paths.late_marks)
         self._new_dirs: set[Path] = set()
 
     def position(self, inst_id: str) -> dict[str, FilePos]:
@@ -127,6 +138,18 @@ class Recorder:
                 with open(path, "rb") as handle:
                     handle.seek(max(0, offset - _TAIL))
                     track.tails[day] = handle.read(offset - max(0, offset - _TAIL))
+        # Marks of lines never written (killed between a mark and its line, or its line was
+        # the torn one just cut) must go before a line is appended where they point.
+        sizes = {
+            day: (1 << 62) if path.name.endswith(".gz") else path.stat().st_size
+            for day, path in files
+        }
+        gone = late_marks.prune(track.marks_path, sizes)
+        if gone:
+            log.warning(
+                "%s: removed %d late marks of lines that were never written from %s",
+                inst_id, gone, track.marks_path,
+            )
 
     def last_recorded(self, inst_id: str, now_ms: int) -> tuple[int, int] | None:
         """The id and time of the newest trade before the saved offset of the newest file."""
@@ -159,11 +182,20 @@ class Recorder:
 
     # -- recording ------------------------------------------------------------------------
 
-    def write(self, inst_id: str, lines: Sequence[tuple[int, bytes]]) -> None:
-        """Append ``(trade ts, line)`` pairs, each to the file of its day, and flush."""
+    def write(
+        self,
+        inst_id: str,
+        lines: Sequence[tuple[int, bytes]],
+        late: Sequence[tuple[int, str]] = (),
+    ) -> None:
+        """Append ``(trade ts, line)`` pairs, each to the file of its day, and flush.
+
+        ``late`` names lines (``(index in lines, tradeId)``) to give a late mark: each mark is
+        made durable before its line is written."""
         if not lines:
             return
         track = self._tracks[inst_id]
+        late_ids = dict(late)
         dated: list[tuple[str, bytes]] = []
         for ts, line in lines:
             day = _utc_day(ts)
@@ -177,9 +209,49 @@ class Recorder:
             end = start
             while end < len(dated) and dated[end][0] == day:
                 end += 1
+            if late_ids:
+                self._mark(track, day, lines, start, end, late_ids)
             data = b"".join(line for _, line in dated[start:end])
             self._append(track, day, data, end - start)
             start = end
+
+    def _mark(
+        self,
+        track: _Track,
+        day: str,
+        lines: Sequence[tuple[int, bytes]],
+        start: int,
+        end: int,
+        late_ids: Mapping[int, str],
+    ) -> None:
+        """Make the late marks of ``lines[start:end]`` (about to go to ``day``'s file) durable."""
+        pos = track.files.get(day)
+        offset = pos.offset if pos is not None else 0
+        marks: list[LateMark] = []
+        for index in range(start, end):
+            ts, line = lines[index]
+            tid = late_ids.get(index)
+            if tid is not None:
+                marks.append(LateMark(file=f"{day}.jsonl", tradeId=tid, ts=ts, offset=offset))
+            offset += len(line)
+        if not marks:
+            return
+        path = track.marks_path
+        try:
+            new = track.marks is None and not path.exists()
+            if track.marks is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                track.marks = open(path, "ab")  # noqa: SIM115 - kept open across batches
+            track.marks.write(late_marks.encode(marks))
+            track.marks.flush()
+            # Rare (a trade late by the clock), and a mark must never be missing for a line.
+            os.fsync(track.marks.fileno())
+            if new:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            raise SourceError(
+                f"{track.inst_id}: cannot write late marks to {path}: {exc.strerror or exc}"
+            ) from exc
 
     def _append(self, track: _Track, day: str, data: bytes, count: int) -> None:
         path = track.raw_dir / f"{day}.jsonl"
@@ -232,6 +304,9 @@ class Recorder:
     def close(self) -> None:
         """Flush, fsync and close the open files (idempotent)."""
         for track in self._tracks.values():
+            if track.marks is not None:
+                track.marks.close()  # flushed and fsynced at each write
+                track.marks = None
             if track.handle is not None:
                 with contextlib.suppress(OSError):
                     track.handle.flush()

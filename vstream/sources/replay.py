@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import logging
 import os
+import re
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -16,10 +17,10 @@ import msgspec
 
 from ..errors import ConfigError, RejectError, SourceError, StateError
 from ..formats import Format, sniff_file
-from ..instruments import DAY_FILE, VaultPaths
+from ..instruments import DAY_FILE, Kind, VaultPaths, kind_of
 from ..state import FilePos
-from ..trades import LineDecoder, Reject
-from . import Batch
+from ..trades import Decoded, LineDecoder, Reject
+from . import Batch, late_marks
 
 log = logging.getLogger("vstream")
 
@@ -94,6 +95,68 @@ def day_files(raw_dir: Path) -> list[tuple[str, Path]]:
     return sorted(found.items())
 
 
+#: A name that looks like it holds trades: ``*.json*`` (plain, compressed or renamed) or ``*.gz``.
+_TRADE_LIKE = re.compile(r"(?i)\.json|\.gz$")
+
+
+def ignored_files(raw_dir: Path) -> list[str]:
+    """Names of the files in ``raw_dir`` that look like trade files but replay does not read,
+    sorted: not named ``{DATE}.jsonl`` or ``{DATE}.jsonl.gz`` (``BTC-USDT-SWAP-2025-01-03.jsonl``,
+    ``2025-01-03.json``, ``2025-01-03.jsonl.bak``). Other files (``notes.txt``, ``desktop.ini``)
+    and hidden ones (a writer's ``.2025-01-03.jsonl.tmp``) are no concern of replay's."""
+    try:
+        with os.scandir(raw_dir) as entries:
+            names = [
+                e.name for e in entries
+                if not DAY_FILE.match(e.name) and not e.name.startswith(".")
+                and _TRADE_LIKE.search(e.name) and e.is_file()
+            ]  # fmt: skip
+    except OSError:
+        return []  # no folder (yet): nothing is ignored; listing errors surface in day_files
+    return sorted(names)
+
+
+def describe_ignored(names: list[str], limit: int = 5) -> str:
+    """``a.jsonl, b.json`` (at most ``limit`` names, then how many more)."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def warn_passed_over(vault: Path) -> None:
+    """Log each folder under ``raw/okx/trades_*`` that ``replay --all`` passes over although
+    it holds files: none of them named ``{DATE}.jsonl[.gz]``, or a folder name that is not an
+    instrument id of that kind (blocking I/O)."""
+    for kind in Kind:
+        base = vault / "raw" / "okx" / f"trades_{kind.folder}"
+        try:
+            children = sorted(c for c in base.iterdir() if c.is_dir())
+        except OSError:
+            continue
+        for child in children:
+            try:
+                named = kind_of(child.name) is kind
+            except ConfigError:
+                named = False
+            try:
+                days = any(DAY_FILE.match(name) for name in os.listdir(child))
+            except OSError:
+                continue
+            ignored = ignored_files(child)
+            if not named and (days or ignored):
+                log.warning(
+                    "not replaying %s: %r is not an instrument id for %s (like %s)",
+                    child, child.name, base.name, _EXAMPLE[kind],
+                )
+            elif not days and ignored:
+                log.warning(
+                    "not replaying %s: none of its files is named YYYY-MM-DD.jsonl or .jsonl.gz (%s)",
+                    child, describe_ignored(ignored),
+                )
+
+
+_EXAMPLE = {Kind.SWAP: "BTC-USDT-SWAP", Kind.FUTURES: "BTC-USD-250627", Kind.SPOT: "BTC-USDT"}
+
+
 def input_files(paths: VaultPaths) -> list[tuple[str, Path]]:
     """The instrument's trade files (see :func:`day_files`); none at all is a :class:`ConfigError`.
 
@@ -106,6 +169,9 @@ def input_files(paths: VaultPaths) -> list[tuple[str, Path]]:
     if not paths.vault.is_dir():
         raise ConfigError(f"vault {paths.vault} does not exist")
     what = "no such folder" if not paths.raw_dir.is_dir() else "no YYYY-MM-DD.jsonl or .jsonl.gz file in it"
+    ignored = ignored_files(paths.raw_dir)
+    if ignored:
+        what += f"; it holds {describe_ignored(ignored)}, not named so"
     raise ConfigError(f"{paths.inst_id}: no trade files in {paths.raw_dir} ({what})")
 
 
@@ -133,6 +199,10 @@ class ReplaySource:
     An instrument with no trade files (or a vault that does not exist) is a
     :class:`ConfigError`, raised by :meth:`check_input` and on iteration; ``missing_ok`` (for a
     recorder that is about to create the first file) makes that an empty input instead.
+
+    The trades of an exporter-format recording that live found late only by the wall clock,
+    named in the instrument's late marks (:mod:`vstream.sources.late_marks`), are dropped and
+    counted as skipped: they are in no bar live made either.
     """
 
     live = False
@@ -161,6 +231,8 @@ class ReplaySource:
         self._decoder = LineDecoder(inst_id)
         self._closed = False
         self._torn = 0  # bytes of the unterminated last line the file just read ended with
+        self._warned_ignored = False
+        self._marks: dict[str, dict[int, str]] = {}  # late marks: {day: {offset: tradeId}}
 
     @property
     def inst_ids(self) -> tuple[str, ...]:
@@ -181,7 +253,17 @@ class ReplaySource:
         return inst_id == self.inst_id and vault_format(self.paths.raw_dir) == "exporter"
 
     def _list(self) -> list[tuple[str, Path]]:
-        return day_files(self.paths.raw_dir) if self.missing_ok else input_files(self.paths)
+        files = day_files(self.paths.raw_dir) if self.missing_ok else input_files(self.paths)
+        if not self._warned_ignored:
+            self._warned_ignored = True  # once a run: a live recorder lists again and again
+            ignored = ignored_files(self.paths.raw_dir)
+            if ignored:
+                log.warning(
+                    "%s: not reading %d file(s) in %s whose names are not YYYY-MM-DD.jsonl or "
+                    ".jsonl.gz: %s (rename them to have them replayed)",
+                    self.inst_id, len(ignored), self.paths.raw_dir, describe_ignored(ignored),
+                )
+        return files
 
     def resume(self, positions: Mapping[str, Any]) -> None:
         saved = positions.get(self.inst_id)
@@ -198,6 +280,8 @@ class ReplaySource:
 
     async def _iterate(self) -> AsyncIterator[Batch]:
         files = await asyncio.to_thread(self._list)
+        marks = await asyncio.to_thread(late_marks.read, self.paths.late_marks)
+        self._marks = late_marks.by_day(marks)
         present = {day for day, _ in files}
         for day, pos in self._files.items():
             if day not in present and pos.offset > 0:
@@ -427,6 +511,9 @@ class ReplaySource:
             start=start,
             end=stop,
         )
+        marks = self._marks.get(pos.name[:10])
+        if marks:
+            self._drop_marked(decoded, marks, offset, offset + stop - start)
         if batch.trades:
             batch.trades += decoded.trades
         else:
@@ -434,6 +521,16 @@ class ReplaySource:
         batch.rejects += decoded.rejects
         batch.skipped += decoded.skipped
         return line_no + (1 if bom_only else decoded.lines)
+
+    @staticmethod
+    def _drop_marked(decoded: Decoded, marks: Mapping[int, str], lo: int, hi: int) -> None:
+        """Drop the trades of lines from byte ``lo`` to ``hi`` that have a late mark."""
+        ids = {tid for offset, tid in marks.items() if lo <= offset < hi}
+        if not ids:
+            return
+        kept = [t for t in decoded.trades if t.tradeId not in ids]
+        decoded.skipped += len(decoded.trades) - len(kept)
+        decoded.trades = kept
 
     @staticmethod
     def _too_long(pos: FilePos, line_no: int, head: bytes) -> Reject:
