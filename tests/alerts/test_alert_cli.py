@@ -379,3 +379,37 @@ def test_a_poor_high_rule_fires_on_the_footprint_bars_that_have_one(sample, tmp_
     poor = [b["timestamp_utc"] for b in bars if b.get("poor_high") is True]
     assert poor and len(poor) < len(bars)
     assert alert_ids(vault, BTC) == [f"{BTC}:bar:poor-high:1m:{t}" for t in poor]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
+async def test_follow_delivers_what_comes_and_stops_cleanly_on_sigterm(sample, tmp_path, secrets_env):
+    vault = copy_of(sample, tmp_path)
+    async with FakeWebhookServer() as hooks:
+        secrets_env(hooks)
+        config = tmp_path / "v.toml"
+        config.write_text(RULES_TOML + destinations_toml(hooks))
+        grow = half_of_the_input(vault)
+        assert (await cli("-q", "replay", "--all", "--vault", str(vault), "--config", str(config)))[0] == 0
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vstream", "alerts", "deliver", "--follow", "--vault", str(vault),
+            "--config", str(config), "--destination", "bot",
+            env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=str(REPO),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        # it is running (its delivery state is written) before the new input comes
+        cursor = vault / "state/alerts/deliveries/bot.json"
+        async with asyncio.timeout(30):
+            while not cursor.exists():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        history = {i: len(VaultPaths.of(vault, i).alerts.read_bytes()) for i in (BTC, ETH)}
+        grow()
+        assert (await cli("-q", "replay", "--all", "--vault", str(vault), "--final"))[0] == 0
+        new = alert_ids(vault, BTC, history[BTC]) + alert_ids(vault, ETH, history[ETH])
+        assert new
+        await hooks.wait_until(lambda: set(hooks.alert_ids()) >= set(new))
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert out.decode() == f"bot delivered={len(new)} skipped=0\n"
+        assert sorted(hooks.alert_ids()) == sorted(new)
