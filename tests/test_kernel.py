@@ -247,3 +247,55 @@ def test_both_kernels_bound_stamps_and_cut_at_minute_runs_alike(minutes, offsets
     for kernel in (vstream.kernel, PURE):
         assert kernel.stamp_bounds(items, start) == bounds
         assert kernel.minute_cuts(items, start, limit) == _cuts_by_hand(stamps, start, limit)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=trades(), cuts=st.lists(st.integers(0, 60), max_size=4).map(sorted), inverse=st.booleans())
+def test_both_kernels_pick_the_same_big_trades_and_only_accepted_ones(items, cuts, inverse):
+    # The alert detector's candidates: accepted trades (never late or duplicate ones) whose
+    # notional may reach the watched threshold, in the order they were fed.
+    instrument = INVERSE if inverse else LINEAR
+
+    def picked() -> list[tuple[str, int, str, float]]:
+        asm = BarAssembler(instrument, Settings(timeframes=["1m", "5m"], min_history=1))
+        asm.watch(250.0)
+        out = []
+        for lo, hi in zip([0, *cuts], [*cuts, len(items)], strict=True):
+            asm.feed(items[lo:hi])
+            out += [(t.tradeId, t.ts, t.px, t.sz) for t in asm.big_trades]
+        return out
+
+    installed = picked()
+    with mock.patch.multiple(vstream.assembler, fold=PURE.fold, MinuteRun=PURE.MinuteRun):
+        interpreted = picked()
+    assert installed == interpreted
+    # A plain model of acceptance: not before the open minute, not an id already taken in it.
+    accepted, minute, seen = [], None, set()
+    for t in items:
+        m = t.ts // 60_000
+        if minute is not None and m < minute:
+            continue
+        if m != minute:
+            minute, seen = m, set()
+        if t.tradeId in seen:
+            continue
+        seen.add(t.tradeId)
+        accepted.append((t.tradeId, t.ts, t.px, t.sz))
+
+    def big(rows):
+        return [r for r in rows if vstream.assembler.exact_notional(instrument, r[3], r[2]) >= 250]
+
+    assert set(installed) <= set(accepted)
+    assert big(installed) == big(accepted)
+
+
+def test_watching_no_threshold_collects_nothing():
+    asm = BarAssembler(LINEAR)
+    asm.feed([make_trade(1, "100000", 10_000, ts=M0)])
+    assert asm.big_trades == []
+    asm.watch(1.0)
+    asm.feed([make_trade(2, "100000", 10_000, ts=M0 + 1)])
+    assert [t.tradeId for t in asm.big_trades] == ["2"]
+    asm.watch(None)
+    asm.feed([make_trade(3, "100000", 10_000, ts=M0 + 2)])
+    assert asm.big_trades == []

@@ -84,6 +84,22 @@ def test_filters_agree_with_a_naive_reading(replayed: Path, flt: SignalFilter) -
     assert [b.timestamp_utc for b in got] == [b["timestamp_utc"] for b in expected]
 
 
+@pytest.mark.parametrize(
+    ("text", "flt"),
+    [
+        ("tier=T4 and absorption", SignalFilter(tiers=frozenset({"T4"}), absorption=True)),
+        ("tier=T3,T4 and (absorption or divergence=bullish)", FILTERS[5]),
+        ("whale", SignalFilter(whale=True)),
+    ],
+)
+def test_an_expression_finds_the_bars_of_the_same_signals_options(replayed: Path, text: str, flt: SignalFilter) -> None:
+    from vstream.filters import parse_filter
+
+    got = [line for _, line in find_signals(replayed, [BTC, ETH], parse_filter(text))]
+    assert got == [line for _, line in find_signals(replayed, [BTC, ETH], flt)]
+    assert got
+
+
 def test_the_vault_has_every_kind_of_signal(replayed: Path) -> None:
     bars = bars_of(replayed, BTC) + bars_of(replayed, ETH)
     assert any(b["volume_tier"] == "T4" for b in bars)

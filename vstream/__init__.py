@@ -18,6 +18,7 @@ The smallest embedding::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .alerts.rules import AlertRules
     from .assembler import AssemblerState, Bar, BarAssembler, Counters
     from .engine import Engine, EngineStats, SinkStats
     from .errors import (
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 #: ``vstream.__main__``) and imports this package before any of its own code runs. The
 #: websocket source (websockets, httpx) and the NATS reader stay unloaded until asked for.
 _WHERE = {
+    "AlertRules": "alerts.rules",
     **dict.fromkeys(["AssemblerState", "Bar", "BarAssembler", "Counters"], "assembler"),
     **dict.fromkeys(["Engine", "EngineStats", "SinkStats"], "engine"),
     **dict.fromkeys(
@@ -82,6 +84,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AlertRules",
     "AssemblerState",
     "Bar",
     "BarAssembler",

@@ -22,7 +22,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from .instruments import Instrument, Kind, missing_ct_val
-from .kernel import MINUTE_MS, MinuteRun, all_own_ct, flow_rows, fold, fold_flow
+from .kernel import BIG_OFF, MINUTE_MS, MinuteRun, all_own_ct, flow_rows, fold, fold_flow
 from .settings import TIMEFRAMES, Settings, tick_fraction
 from .trades import Trade
 
@@ -265,22 +265,30 @@ def _exact_whale(instrument: Instrument, whale_usd: float) -> Callable[[float, s
     of the threshold, so the rational arithmetic costs nothing on the way.
     """
     threshold = Fraction(repr(whale_usd))
-    ct = Fraction(repr(instrument.ct_val)) if instrument.ct_val is not None else Fraction(1)
-    linear = not instrument.inverse
 
     def exact(sz: float, px: str, own_ct: float, own_inverse: bool) -> bool:
-        # own_ct > 0: the trade's own contract facts convert it (SPEC §4), not the instrument's
-        if own_ct > 0.0:
-            notional = Fraction(repr(sz)) * Fraction(repr(own_ct))
-            if not own_inverse:
-                notional *= Fraction(*_ratio(px))
-            return notional >= threshold
-        notional = Fraction(repr(sz)) * ct
-        if linear:
-            notional *= Fraction(*_ratio(px))
-        return notional >= threshold
+        return exact_notional(instrument, sz, px, own_ct, own_inverse) >= threshold
 
     return exact
+
+
+def exact_notional(
+    instrument: Instrument, sz: float, px: str, own_ct: float = 0.0, own_inverse: bool = False
+) -> Fraction:
+    """A trade's USD notional exactly (``sz`` as read, ``px`` and ctVal as written, SPEC §4).
+
+    ``own_ct`` > 0: the trade's own contract facts convert it, not the instrument's (never for
+    spot, whose notional is ``sz × px``)."""
+    if own_ct > 0.0 and instrument.kind is not Kind.SPOT:
+        notional = Fraction(repr(sz)) * Fraction(repr(own_ct))
+        if not own_inverse:
+            notional *= Fraction(*_ratio(px))
+        return notional
+    ct = Fraction(repr(instrument.ct_val)) if instrument.ct_val is not None else Fraction(1)
+    notional = Fraction(repr(sz)) * ct
+    if not instrument.inverse:
+        notional *= Fraction(*_ratio(px))
+    return notional
 def _level_text(level: int, tick: tuple[int, int]) -> str:
     """A level's price, ``level × tick``, as decimal text with the tick's decimals."""
     num, den = tick
@@ -684,8 +692,25 @@ class BarAssembler:
             ct=(instrument.ct_val or 0.0) if contracts else 0.0,
             own_ct=contracts,
         )
+        self._big: list[Trade] = []
         if state is not None:
             self.restore(state)
+
+    def watch(self, usd: float | None) -> None:
+        """Keep, from each :meth:`feed`, the accepted trades whose notional may be ``usd`` or
+        more (:attr:`big_trades`; None: none). A candidate is within a rounding margin of it:
+        the caller judges each on :func:`exact_notional`. Changes no bar."""
+        if usd is None:
+            self._run.big_at = BIG_OFF
+            return
+        at = round(usd * MICRO)
+        self._run.big_at = max(0, at - (2 + at // (1 << 40)))
+
+    @property
+    def big_trades(self) -> list[Trade]:
+        """The accepted trades of the last :meth:`feed` that may reach the :meth:`watch`
+        threshold, in the order they were fed (late and duplicate trades are never here)."""
+        return self._big
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -697,6 +722,7 @@ class BarAssembler:
         if self._needs_ct and not all_own_ct(batch):
             raise missing_ct_val(self.instrument.inst_id)
         run.late = run.duplicates = run.accepted = 0
+        run.big.clear()
         done = 0
         extra = run.footprint or run.flow
         while True:
@@ -718,6 +744,7 @@ class BarAssembler:
         counters.trades += run.accepted
         counters.duplicates += run.duplicates
         counters.late += run.late
+        self._big = [batch[i] for i in run.big] if run.big else []
         return out
 
     def _sync(self) -> Aggregate | None:

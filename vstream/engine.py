@@ -18,20 +18,24 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
+from .alerts.rules import AlertRules
 from .assembler import Bar, BarAssembler, Counters
-from .errors import ConfigError, SinkError, SourceError, VStreamError
+from .errors import ConfigError, SinkError, SourceError, StateError, VStreamError
 from .instruments import Instrument, Kind, VaultPaths, load_cache, load_meta, resolve
 from .kernel import MINUTE_MS
 from .settings import SHAPE_FIELDS, Settings
 from .sinks import Sink, SinkLike, as_sink
 from .sinks.jsonl import JsonlSink
 from .sources import Batch, Source
-from .state import FilePos, InstrumentStore, RunTally, State
+from .state import AlertLog, FilePos, InstrumentStore, RunTally, State
 from .takeover import TakeOver
+
+if TYPE_CHECKING:
+    from .alerts.detect import Alert, AlertDetector
 
 log = logging.getLogger("vstream")
 
@@ -233,6 +237,9 @@ class _Pipe:
     #: Contract facts of trade lines already reported as differing from the instrument's.
     odd_reported: set[tuple[float, bool]] = field(default_factory=set)
     tally: _Tally = field(default_factory=_Tally)
+    #: With alert rules in force: the detector and the alerts file (vault mode).
+    detector: AlertDetector | None = None
+    alerts: JsonlSink | None = None
 
     @property
     def provisional(self) -> bool:
@@ -286,6 +293,13 @@ class Engine:
     minute's bar as it stands (``final`` false), and every finished bar with ``final`` true;
     ``engine.bars(partial=True)`` is such a stream. Bars in progress reach nothing else.
 
+    ``alerts`` (vault mode) are the :class:`~vstream.alerts.AlertRules` to apply; each alert
+    goes to the instrument's ``alerts.jsonl`` in the durability order of the bars. They are
+    stored with the instrument's state: without ``alerts`` the stored rules (if any) apply;
+    ``alerts_given`` narrows the given rules to the fields it names, the others staying as
+    stored. ``on_alerts`` is called (no arguments, on the loop) after a checkpoint made new
+    alerts durable: a deliverer in the same process wakes up on it.
+
     Use it as an async context manager, then ``await engine.run()`` or iterate
     ``engine.bars()``. ``engine.stop()`` ends a run cleanly; cancelling the task running it
     flushes and checkpoints too before the cancellation propagates.
@@ -310,6 +324,9 @@ class Engine:
         clock: Callable[[], float] = time.time,
         partial_sinks: Iterable[SinkLike] = (),
         partial_every: float = 1.0,
+        alerts: AlertRules | None = None,
+        alerts_given: Iterable[str] | None = None,
+        on_alerts: Callable[[], None] | None = None,
     ) -> None:
         self.sources: list[Source] = [sources] if isinstance(sources, Source) else list(sources)
         if not self.sources:
@@ -337,6 +354,15 @@ class Engine:
         # Settings passed with no ``given``: every value is chosen, a cached ctVal included.
         self._all_given = given is None and settings is not None
         self.vault = Path(vault) if vault is not None else None
+        if alerts is not None and self.vault is None:
+            raise ConfigError("alerts are written to the vault: give the engine a vault")
+        self._alert_rules = alerts
+        self._alerts_given = None if alerts_given is None else frozenset(alerts_given)
+        self._on_alerts = on_alerts
+        #: Every source ended by itself: the input is caught up with (history ends here).
+        self._caught_up = False
+        #: A live instrument made alerts: checkpoint after this batch, not at the interval.
+        self._urgent = False
         self.rebuild = rebuild
         self._instruments = dict(instruments or {})
         self._queue_size = queue_size
@@ -465,6 +491,71 @@ class Engine:
                 tf: JsonlSink(paths.output(tf), autoflush=False) for tf in shape.timeframes
             }
             pipe.rejects = JsonlSink(paths.rejects, autoflush=False)
+            for note in store.notes:
+                log.warning("%s", note)
+            self._open_alerts(pipe, state, paths)
+
+    def _open_alerts(self, pipe: _Pipe, state: State, paths: VaultPaths) -> None:
+        """Settle the instrument's alert rules (given over stored) and start its detector."""
+        if self._alert_rules is None and (state.alerts is None or state.alerts.rules is None):
+            return  # no rule ever: nothing of alerts is loaded
+        from .alerts.detect import AlertDetector, DetectorState
+
+        inst_id = pipe.instrument.inst_id
+        alert_log = state.alerts
+        stored: AlertRules | None = None
+        if alert_log is not None and alert_log.rules is not None:
+            try:
+                stored = msgspec.convert(alert_log.rules, AlertRules)
+            except (msgspec.ValidationError, ConfigError) as exc:
+                if self._alert_rules is None:
+                    raise StateError(
+                        f"{inst_id}: the alert rules stored in {paths.state} are unreadable ({exc}); "
+                        f"give them again (--config with [alerts])"
+                    ) from exc
+        rules = stored
+        if self._alert_rules is not None:
+            given = self._alerts_given
+            rules = (
+                self._alert_rules
+                if given is None
+                else (stored or AlertRules()).overlay(
+                    {f: getattr(self._alert_rules, f) for f in given}
+                )
+            )
+            if stored is not None and stored != rules:
+                log.warning(
+                    "%s: alert rules changed (%s): applied from the next trade on",
+                    inst_id,
+                    "; ".join(stored.differences(rules)),
+                )
+                pipe.dirty = True
+        if rules is None:
+            return
+        if alert_log is None:
+            alert_log = AlertLog()
+        if not alert_log.generation:
+            # A new alerts file. Made from history (a first run or a rebuild, until a run
+            # catches up with the input) unless live: those alerts are never delivered.
+            alert_log.generation = os.urandom(8).hex()
+            fresh = not state.files and state.position is None and state.output_length == 0
+            alert_log.catching_up = fresh and not self._realtime(inst_id)
+            alert_log.history = state.alerts_length
+            pipe.dirty = True
+        detector_state = None
+        if alert_log.detector is not None:
+            try:
+                detector_state = msgspec.convert(alert_log.detector, DetectorState)
+            except msgspec.ValidationError as exc:
+                raise StateError(
+                    f"{inst_id}: the alert detector's state in {paths.state} is unreadable ({exc}); "
+                    f"run again with --rebuild to start {inst_id} over"
+                ) from exc
+        alert_log.rules = msgspec.to_builtins(rules)
+        state.alerts = alert_log
+        pipe.detector = AlertDetector(pipe.instrument, rules, detector_state)
+        pipe.assembler.watch(rules.watch_usd())
+        pipe.alerts = JsonlSink(paths.alerts, autoflush=False)
 
     def _release(self) -> None:
         for pipe in self._pipes.values():
@@ -493,7 +584,7 @@ class Engine:
         for runner in self._runners:
             await runner.close(self._sink_close_timeout)
         for pipe in self._pipes.values():
-            for sink in (*pipe.outputs.values(), pipe.rejects):
+            for sink in (*pipe.outputs.values(), pipe.rejects, pipe.alerts):
                 if sink is not None:
                     sink.discard()  # not checkpointed: the next run recomputes them
                     with contextlib.suppress(SinkError):
@@ -540,6 +631,12 @@ class Engine:
             asyncio.create_task(self._pump(source, queue), name=f"vstream-source-{index}")
             for index, source in enumerate(self.sources)
         ]
+        silent = self._silent_pipes()
+        now = self._clock()
+        for pipe in silent:
+            assert pipe.detector is not None
+            pipe.detector.start(now)
+        watcher = asyncio.create_task(self._watch_silence(silent), name="vstream-silence") if silent else None
         ticker = asyncio.create_task(self._tick()) if self._live else None
         self._start_partials()
         try:
@@ -549,6 +646,9 @@ class Engine:
                 task.cancel()
             if ticker is not None:
                 ticker.cancel()
+            if watcher is not None:
+                watcher.cancel()
+                tasks.append(watcher)
             if self._partial_task is not None:
                 self._partial_task.cancel()
                 tasks.append(self._partial_task)
@@ -601,6 +701,11 @@ class Engine:
             item = await queue.get()
             if item is None:
                 active -= 1
+                if not active and not self._stop.is_set():
+                    self._caught_up = True
+                    for pipe in self._pipes.values():
+                        if pipe.state is not None and pipe.state.alerts is not None and pipe.state.alerts.catching_up:
+                            pipe.dirty = True  # the checkpoint to come ends the history
                 continue
             if isinstance(item, BaseException):
                 raise item
@@ -611,7 +716,8 @@ class Engine:
             if self._stop.is_set():
                 break
             now = self._clock()
-            if now - last_checkpoint >= self._checkpoint_interval:
+            if self._urgent or now - last_checkpoint >= self._checkpoint_interval:
+                self._urgent = False
                 await self.checkpoint(periodic=True)
                 last_checkpoint = now
 
@@ -621,16 +727,23 @@ class Engine:
             raise SourceError(f"a source delivered {batch.inst_id}, which it did not announce")
         self._batches += 1
         assembler = pipe.assembler
+        detector = pipe.detector
         bars = assembler.close_due(batch.now_ms) if batch.now_ms is not None else []
+        if detector is not None and bars:
+            self._alert(pipe, detector.bars(bars))
         if batch.gap:
             assembler.mark_gap()
         if batch.trades:
             try:
-                bars += assembler.feed(batch.trades)
+                fed = assembler.feed(batch.trades)
             except ConfigError:
                 # A trade with no contract value to convert it: nothing of this run is kept.
                 self._broken = True
                 raise
+            if detector is not None:
+                detector.heard(batch.trades[-1], self._clock())
+                self._alert(pipe, detector.feed(assembler.big_trades, fed))
+            bars += fed
             odd = assembler.odd_contracts()
             if odd:
                 self._report_odd(pipe, odd)
@@ -642,12 +755,28 @@ class Engine:
                 pipe.rejects.buffer(batch.rejects)
         counters.skipped += batch.skipped
         if batch.end:
-            bars += assembler.close()
+            closed = assembler.close()
+            if detector is not None and closed:
+                self._alert(pipe, detector.bars(closed))
+            bars += closed
         if batch.position is not None:
             pipe.position = batch.position
         pipe.dirty = True
         if bars:
             await self._emit(pipe, bars)
+
+    def _realtime(self, inst_id: str) -> bool:
+        """The instrument's source delivers trades as they happen (live)."""
+        source = self._source_of[inst_id]
+        return bool(getattr(source, "realtime", False) or getattr(source, "live", False))
+
+    def _alert(self, pipe: _Pipe, alerts: list[Alert]) -> None:
+        if alerts and pipe.alerts is not None:
+            pipe.alerts.buffer(alerts)
+            if self._realtime(pipe.instrument.inst_id):
+                # Live: an alert is worth a checkpoint of its own (it is delivered once
+                # durable), a quiet market may bring no batch for long. Rare: big trades.
+                self._urgent = True
 
     def _report_odd(self, pipe: _Pipe, odd: list[tuple[float, bool]]) -> None:
         """Say once per run what contract facts trade lines carry where they differ from the
@@ -714,7 +843,36 @@ class Engine:
             if bars:
                 pipe.dirty = True
                 closed.append((pipe, bars))
+                if pipe.detector is not None:
+                    self._alert(pipe, pipe.detector.bars(bars))
         return closed
+
+    def _silent_pipes(self) -> list[_Pipe]:
+        """Live instruments whose alert rules watch for silence."""
+        return [
+            p for i, p in self._pipes.items()
+            if p.detector is not None and p.detector.rules.enabled and p.detector.rules.silence_seconds > 0
+            and self._realtime(i)
+        ]  # fmt: skip
+
+    async def _watch_silence(self, pipes: list[_Pipe]) -> None:
+        """Live: a silence alert for each instrument quiet for too long, made durable at once."""
+        while True:
+            # Short sleeps, so a clock a test moves is followed.
+            await asyncio.sleep(0.25)
+            if self._silences(pipes):
+                await _shielded(self.checkpoint())
+
+    def _silences(self, pipes: list[_Pipe]) -> bool:
+        now = self._clock()
+        found = False
+        for pipe in pipes:
+            if pipe.detector is not None:
+                alerts = pipe.detector.silence(now)
+                if alerts:
+                    self._alert(pipe, alerts)
+                    pipe.dirty = found = True
+        return found
 
     async def _tick(self) -> None:
         """Live mode: finish each minute on the wall clock, ``grace`` after it ends."""
@@ -771,12 +929,29 @@ class Engine:
                 pending = {tf: sink.take() for tf, sink in pipe.outputs.items()}
                 assert pipe.rejects is not None
                 rejected = pipe.rejects.take()
+                alerted = pipe.alerts.take() if pipe.alerts is not None else b""
+                if pipe.state.alerts is not None:
+                    detector = pipe.detector
+                    state.alerts = msgspec.structs.replace(
+                        pipe.state.alerts,
+                        detector=msgspec.to_builtins(detector.snapshot())
+                        if detector is not None
+                        else pipe.state.alerts.detector,
+                    )
                 pipe.dirty = False
                 try:
                     lengths = {tf: await pipe.outputs[tf].append(data) for tf, data in pending.items()}
                     state.output_length = lengths.pop("1m")
                     state.timeframe_lengths = lengths
                     state.rejects_length = await pipe.rejects.append(rejected)
+                    if alerted:
+                        assert pipe.alerts is not None
+                        state.alerts_length = await pipe.alerts.append(alerted)
+                    if state.alerts is not None and state.alerts.catching_up:
+                        # Made from history: the deliverers start after it. The run that
+                        # caught up with the input ends the history.
+                        state.alerts.history = state.alerts_length
+                        state.alerts.catching_up = not self._caught_up
                     # A recording source's raw lines must be durable before a state points at them.
                     sync = getattr(self._source_of.get(pipe.instrument.inst_id), "sync", None)
                     if sync is not None:
@@ -788,6 +963,11 @@ class Engine:
                     raise
                 pipe.state = state
                 self._checkpoints += 1
+                if alerted and self._on_alerts is not None:
+                    try:
+                        self._on_alerts()
+                    except Exception as exc:  # a listener never stops the bars
+                        log.error("on_alerts failed: %s", exc)
 
     # -- observing -------------------------------------------------------------------------
 

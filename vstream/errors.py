@@ -54,3 +54,8 @@ class LeaseLostError(VStreamError):
 
     Its writes are fenced off by the server; the worker stops working the instrument.
     """
+
+
+class DeliveryError(VStreamError):
+    """An alert could not be delivered to a destination (it stays in the alerts file and is
+    sent on the next attempt). The message never holds the destination's URL or token."""

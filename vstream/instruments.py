@@ -269,6 +269,11 @@ class VaultPaths:
         return self.derived_dir / f"volume_{timeframe}.jsonl"
 
     @property
+    def alerts(self) -> Path:
+        """The instrument's alerts, one JSON line each (README "Alerts")."""
+        return self.vault / "derived" / "alerts" / "okx" / self.kind.folder / self.inst_id / "alerts.jsonl"
+
+    @property
     def state_dir(self) -> Path:
         return self.vault / "state" / "volume" / "okx" / self.kind.folder
 

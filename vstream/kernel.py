@@ -29,6 +29,10 @@ TRADE_FIELDS: Final = ("instId", "tradeId", "px", "sz", "side", "ts", "count", "
 MICRO_F: Final = 1_000_000.0
 #: The earliest accepted trade stamp (2017-01-01T00:00:00Z) in milliseconds (SPEC §3).
 MIN_TS_MS: Final = 1_483_228_800_000
+#: ``MinuteRun.big_at`` when no trade is watched: $2.3e12 in micro-dollars, above any real
+#: trade. Kept inside the compiled code's tagged-int range (below 2**62): a larger constant
+#: is a boxed int, and comparing each trade's notional with it would cost a quarter of replay.
+BIG_OFF: Final = 1 << 61
 #: The proleptic Gregorian ordinal of 1970-01-01 (``date.toordinal``).
 _EPOCH_ORDINAL: Final = 719_163
 #: Compiled, one ``msgspec.structs.astuple`` call reads a trade's fields faster than six
@@ -288,6 +292,12 @@ class MinuteRun:
     Both are folded by :func:`fold_flow`, a pass of their own over the trades :func:`fold`
     took (``dropped`` holds the indexes it did not take), so the fold of a run without them
     is what it was before they existed.
+
+    ``big`` collects the indexes (into the list being folded) of the accepted trades whose
+    rounded notional is at least ``big_at`` micro-dollars: the candidates of the alert
+    detector, which judges each on its exact notional (so ``big_at`` sits a rounding margin
+    below its threshold). Late and duplicate trades are never in it. The caller clears it.
+    ``big_at`` is out of reach by default: nothing is collected.
     """
 
     def __init__(
@@ -334,6 +344,8 @@ class MinuteRun:
         self.last_ts = -1
         self.last_tid = ""
         self.dropped: list[int] = []
+        self.big_at = BIG_OFF
+        self.big: list[int] = []
         self.prices: dict[str, float] = {}
         self.open = False
         self.lo_ms = 0
@@ -518,6 +530,7 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
     run_inverse = not linear
     whale_lo = run.whale_lo
     whale_hi = run.whale_hi
+    big_at = run.big_at
     prices = run.prices
     buy = run.buy
     sell = run.sell
@@ -617,6 +630,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
             if amount >= whale_lo and (amount > whale_hi or run.near_whale(amount, sz, px, ct, inverse)):
                 whale = amount
                 whales = 1
+            if amount >= big_at:
+                run.big.append(i)
             count = 1
             fills = fill
             iid = int(tid)
@@ -667,6 +682,8 @@ def fold(run: MinuteRun, trades: list[Any], start: int) -> int:
         if amount >= whale_lo and (amount > whale_hi or run.near_whale(amount, sz, px, ct, inverse)):
             whale += amount
             whales += 1
+        if amount >= big_at:
+            run.big.append(i - 1)
         count += 1
         fills += fill
         taken += 1

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import msgspec
 
@@ -191,6 +191,48 @@ def read_bars_after(
 # -- signals ------------------------------------------------------------------------------
 
 
+# The meaning of each signal word, shared by ``vstream signals`` (its options) and by filter
+# expressions (``tier=T4 and (absorption or divergence)``, :mod:`vstream.filters`): one
+# definition, so an alert rule and the signals command never disagree about a bar.
+
+
+def tier_in(bar: Bar, tiers: frozenset[str]) -> bool:
+    """The bar's volume tier is one of ``tiers`` (a bar warming up has none)."""
+    return bar.volume_tier in tiers
+
+
+def has_absorption(bar: Bar) -> bool:
+    return bar.absorption
+
+
+def has_divergence(bar: Bar, kind: str = "any") -> bool:
+    """Divergence of ``kind``: ``any``, ``bearish`` or ``bullish``."""
+    return bar.divergence and kind in ("any", bar.divergence_type)
+
+
+def has_whale(bar: Bar) -> bool:
+    """At least one trade of the bar reached ``whale_usd``."""
+    return bar.whale_count > 0
+
+
+def has_stack(bar: Bar, side: str = "any") -> bool:
+    """A stacked imbalance of ``side`` (``buy``, ``sell`` or ``any``); footprint bars only."""
+    return isinstance(bar.stacked, list) and any(side in ("any", s.side) for s in bar.stacked)
+
+
+def is_poor(bar: Bar, end: str) -> bool:
+    """The bar's ``poor_high`` / ``poor_low`` key (``end`` is ``high`` or ``low``) is true.
+
+    Bars written without those keys (no footprint, or by a vstream that did not make them)
+    never match."""
+    return getattr(bar, f"poor_{end}", None) is True
+
+
+def timeframe_of(bar: Bar) -> str:
+    """``1m`` for a one-minute bar, else its ``timeframe`` key."""
+    return bar.timeframe if isinstance(bar.timeframe, str) else "1m"
+
+
 @dataclass(frozen=True)
 class SignalFilter:
     """Which bars ``vstream signals`` prints.
@@ -225,32 +267,39 @@ class SignalFilter:
     ) -> bool:
         """Whether ``bar`` is wanted; ``untouched`` holds the ``(timestamp_utc, kind)`` of the
         poor highs and lows no later bar has traded through (:func:`levels.untouched_marks`)."""
-        if self.tiers and bar.volume_tier not in self.tiers:
+        if self.tiers and not tier_in(bar, self.tiers):
             return False
         if not (self.absorption or self.divergence or self.whale or self.stacked or self.poc_shift
                 or self.poor_high or self.poor_low):  # fmt: skip
             return True
-        for wanted, flag, kind in ((self.poor_high, bar.poor_high, POOR_HIGH), (self.poor_low, bar.poor_low, POOR_LOW)):
-            if wanted and flag is True and (not self.untouched or (bar.timestamp_utc, kind) in untouched):
+        for wanted, end, kind in ((self.poor_high, "high", POOR_HIGH), (self.poor_low, "low", POOR_LOW)):
+            if wanted and is_poor(bar, end) and (not self.untouched or (bar.timestamp_utc, kind) in untouched):
                 return True
-        if self.absorption and bar.absorption:
+        if self.absorption and has_absorption(bar):
             return True
-        if self.divergence and bar.divergence and self.divergence in ("any", bar.divergence_type):
+        if self.divergence and has_divergence(bar, self.divergence):
             return True
-        if self.stacked and isinstance(bar.stacked, list) and any(s.side == self.stacked for s in bar.stacked):
+        if self.stacked and has_stack(bar, self.stacked):
             return True
         if self.poc_shift and poc_shift(bar, previous, self.poc_shift, self.poc_shift_min):
             return True
-        return self.whale and bar.whale_count > 0
+        return self.whale and has_whale(bar)
 
 
 def poc_shift(bar: Bar, previous: Bar | None, direction: str, at_least: Decimal = Decimal(0)) -> bool:
     """Whether ``bar``'s POC moved from ``previous``'s (``up``, ``down`` or ``any``) by more
     than zero and at least ``at_least`` in price. False when either has no footprint."""
-    if previous is None or not isinstance(bar.poc, str) or not isinstance(previous.poc, str):
+    before = previous.poc if previous is not None else None
+    return poc_moved(bar.poc, before, direction, at_least)
+
+
+def poc_moved(poc: object, before: object, direction: str, at_least: Decimal = Decimal(0)) -> bool:
+    """:func:`poc_shift` on the two POC values themselves (a bar's ``poc``, or None/UNSET
+    where there is no footprint)."""
+    if not isinstance(poc, str) or not isinstance(before, str):
         return False
     try:
-        move = Decimal(bar.poc) - Decimal(previous.poc)
+        move = Decimal(poc) - Decimal(before)
     except ArithmeticError:
         return False
     if move == 0 or abs(move) < at_least:
@@ -258,10 +307,25 @@ def poc_shift(bar: Bar, previous: Bar | None, direction: str, at_least: Decimal 
     return direction == "any" or (direction == "up") == (move > 0)
 
 
+class BarMatcher(Protocol):
+    """What :func:`find_signals` needs of a filter: a :class:`SignalFilter`, or a parsed
+    expression (:func:`vstream.filters.parse_filter`)."""
+
+    @property
+    def needs_previous(self) -> bool: ...
+
+    @property
+    def untouched(self) -> bool: ...
+
+    def matches(
+        self, bar: Bar, previous: Bar | None = None, untouched: Container[tuple[str, str]] = ()
+    ) -> bool: ...
+
+
 def find_signals(
     vault: Path,
     inst_ids: Sequence[str],
-    flt: SignalFilter,
+    flt: BarMatcher,
     *,
     timeframe: str = "1m",
     since: str | None = None,

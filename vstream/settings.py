@@ -282,6 +282,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a TOML table")
+    # ``[alerts]`` is read by vstream.alerts.config: it shapes no bar.
+    data.pop("alerts", None)
     fields = set(Settings.__struct_fields__)
     unknown = sorted(set(data) - fields)
     if unknown:

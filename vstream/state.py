@@ -55,6 +55,24 @@ class FilePos(msgspec.Struct):
     complete: bool = False
 
 
+class AlertLog(msgspec.Struct, kw_only=True):
+    """The alerts side of a state: how far the alerts file is history, and the detector.
+
+    ``history`` is the length of the alerts file's first part, made by the runs that built
+    the instrument from history (a first run or a rebuild, up to the run that caught up with
+    the input: ``catching_up`` until then): it is never delivered unless asked for.
+    ``generation`` changes when the file starts over, so a deliverer's byte offsets into an
+    older file are never applied to a new one. ``rules`` and ``detector`` are the stored
+    :class:`~vstream.alerts.AlertRules` and :class:`~vstream.alerts.DetectorState` as plain
+    JSON values (decoded by the engine: this module knows nothing of alerts)."""
+
+    generation: str = ""
+    history: _Size = 0
+    catching_up: bool = False
+    rules: Any = None
+    detector: Any = None
+
+
 class RunTally(msgspec.Struct, kw_only=True):
     """How many input lines a run read and rejected ("nothing silent", SPEC §7).
 
@@ -96,6 +114,10 @@ class State(msgspec.Struct, kw_only=True):
     output_length: _Size = 0
     timeframe_lengths: dict[str, _Size] = msgspec.field(default_factory=dict)
     rejects_length: _Size = 0
+    #: Length of the alerts file after the last durable alert, and the alerts' own state
+    #: (None while no alert rule was ever in force).
+    alerts_length: _Size = 0
+    alerts: AlertLog | None = None
     assembler: AssemblerState = msgspec.field(default_factory=AssemblerState)
     updated_at: str = ""
     #: What the last run that read any line read and rejected (``status`` reports a run that
@@ -105,12 +127,17 @@ class State(msgspec.Struct, kw_only=True):
     took_over: TakeOver | None = None
 
 
+class _StoredRules(msgspec.Struct):
+    rules: Any = None
+
+
 class _StoredShape(msgspec.Struct):
-    """The part of a state a rebuild keeps: the settings it was built with, and where
-    ``volume_analyzer.py``'s files went if vstream took over from it."""
+    """The part of a state a rebuild keeps: the settings it was built with, its alert rules,
+    and where ``volume_analyzer.py``'s files went if vstream took over from it."""
 
     instId: str
     settings: BarShape | None = None
+    alerts: _StoredRules | None = None
     took_over: TakeOver | None = None
 
 
@@ -192,6 +219,8 @@ class InstrumentStore:
         #: Set by :meth:`open` when it moved ``volume_analyzer.py``'s files aside.
         self.took_over: TakeOver | None = None
         self._lock = filelock.FileLock(paths.lock, timeout=0, thread_local=False)
+        #: What :meth:`open` noticed that the caller should say (an alerts file shortened).
+        self.notes: list[str] = []
 
     @property
     def inst_id(self) -> str:
@@ -228,6 +257,8 @@ class InstrumentStore:
                 # start (outputs cut back to 0), never as "output without a state".
                 state = self.fresh()
                 state.took_over = took or (kept.took_over if kept is not None else None)
+                if kept is not None and kept.alerts is not None and kept.alerts.rules is not None:
+                    state.alerts = AlertLog(rules=kept.alerts.rules)  # a new file: the engine names it
                 self.commit(state)
                 self._remove_all()
                 return state
@@ -263,7 +294,7 @@ class InstrumentStore:
                 path.unlink()
 
     def _remove_all(self) -> None:
-        targets = [*self._outputs().values(), self.paths.rejects]
+        targets = [*self._outputs().values(), self.paths.rejects, self.paths.alerts]
         targets += [self.paths.output(tf) for tf in ("5m", "15m", "1h")]
         for path in targets:
             with contextlib.suppress(FileNotFoundError):
@@ -327,6 +358,7 @@ class InstrumentStore:
         for tf, path in self._outputs().items():
             self._cut_back(path, lengths.get(tf, 0), hint)
         self._cut_back_rejects(state)
+        self._cut_back_alerts(state)
         return state
 
     def _cut_back(self, path: Path, recorded: int, hint: str) -> None:
@@ -364,6 +396,30 @@ class InstrumentStore:
         elif actual < state.rejects_length:
             # A user may clear the rejects file; that loses no bar, so carry on from its size.
             state.rejects_length = actual
+
+    def _cut_back_alerts(self, state: State) -> None:
+        """Alerts past the recorded length are cut (they are made again, with the same ids).
+
+        A file shorter than recorded (emptied or deleted by hand) loses no bar: the run
+        carries on from its size, as a new file (``generation`` cleared: the engine names a
+        new one and starts delivery after what is there)."""
+        path = self.paths.alerts
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            actual = 0
+        if actual > state.alerts_length:
+            with open(path, "r+b") as handle:
+                handle.truncate(state.alerts_length)
+                os.fsync(handle.fileno())
+        elif actual < state.alerts_length:
+            self.notes.append(
+                f"{self.inst_id}: alerts file {path} is shorter ({actual} bytes) than the state "
+                f"records ({state.alerts_length}); carrying on from its end, delivery after what it holds"
+            )
+            state.alerts_length = actual
+            if state.alerts is not None:
+                state.alerts.generation = ""
 
     def commit(self, state: State) -> None:
         """Atomically replace the state file (call only after the outputs were fsynced)."""

@@ -40,6 +40,7 @@ def test_quiet_works_before_and_after_the_subcommand(name: str) -> None:
         "ingest": ["--nats", "nats://127.0.0.1:4222", "--instId", "BTC-USDT-SWAP"],
         "publish": ["--nats", "nats://127.0.0.1:4222", "--all"], "worker": ["--nats", "nats://127.0.0.1:4222"],
         "sink-jsonl": ["--nats", "nats://127.0.0.1:4222", "--all"], "cluster-status": ["--nats", "nats://127.0.0.1:4222"],
+        "alerts": ["list", "--all"],
     }.get(name, [])  # fmt: skip
     parse = build_parser().parse_args
     assert parse([name, *required]).quiet is False

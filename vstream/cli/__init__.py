@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .. import _interrupts
+from .alerts import register_alerts
 from .chart import register_chart
 from .common import PIPE_CLOSED_EXIT, Parser, package_version, report, run_async, stdout_closed
 from .demo import register_demo
@@ -46,6 +47,7 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction[Any]], None]] = [
     register_worker,
     register_sink_jsonl,
     register_cluster_status,
+    register_alerts,
 ]
 
 

@@ -29,6 +29,7 @@ from ..formats import FORMATS
 from ..instruments import kind_of
 from ..okx_rest import DEFAULT_REST_URL, OkxRest, refresh_instrument_cache
 from ..trades import TRADE_CHANNELS
+from .alerts import add_alert_options, alert_rules_of, live_deliverer, with_delivery
 from .common import (
     add_settings_options,
     add_vault_option,
@@ -86,6 +87,7 @@ def register_live(sub: argparse._SubParsersAction[Any]) -> None:
         help='also print the open minute\'s bar every SECONDS with "final": false (finished bars: true)',
     )
     add_settings_options(live)
+    add_alert_options(live, live=True)
     live.set_defaults(handler=run_live)
 
 
@@ -119,6 +121,8 @@ async def run_live(args: argparse.Namespace) -> int:
     """The ``live`` command: returns 0 after a clean stop."""
     vault = vault_of(args)
     settings, given = settings_of(args)
+    alerts, alerts_given = alert_rules_of(args)
+    deliverer = live_deliverer(args, vault)  # its secrets are checked before anything starts
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids))
     for inst_id in inst_ids:
         kind_of(inst_id)
@@ -173,12 +177,15 @@ async def run_live(args: argparse.Namespace) -> int:
             checkpoint_interval=checkpoint_interval(),
             partial_sinks=[show] if partial else [],
             partial_every=partial or 1.0,
+            alerts=alerts,
+            alerts_given=alerts_given,
+            on_alerts=deliverer.wake if deliverer is not None else None,
         )
         stop.running(source, engine)
         started = time.perf_counter()
         async with engine:
             before = {i: msgspec.structs.replace(engine.assembler(i).counters) for i in inst_ids}
-            await engine.run()
+            await with_delivery(deliverer, engine.run())
             after = {i: engine.assembler(i).counters for i in inst_ids}
         seconds = time.perf_counter() - started
         if not getattr(args, "quiet", False):

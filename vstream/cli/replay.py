@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from .. import _interrupts
+from ..alerts.rules import AlertRules
 from ..assembler import Counters
 from ..engine import Engine
 from ..errors import ConfigError
@@ -25,6 +26,7 @@ from ..instruments import VaultPaths, discover, kind_of
 from ..progress import Progress, ProgressSource
 from ..settings import Settings
 from ..sources.replay import ReplaySource, warn_passed_over
+from .alerts import add_alert_options, alert_rules_of
 from .common import (
     add_instruments_option,
     add_settings_options,
@@ -57,6 +59,7 @@ def register_replay(sub: argparse._SubParsersAction[Any]) -> None:
     replay.add_argument("--rebuild", action="store_true", help="start the instruments over from the first input byte")
     replay.add_argument("--strict", action="store_true", help="stop with an error at the first rejected line")
     add_settings_options(replay)
+    add_alert_options(replay)
     # Ctrl-C is held back (vstream._interrupts) until _replay can stop its instruments cleanly.
     replay.set_defaults(handler=_replay, releases_interrupts=True)
 
@@ -73,6 +76,8 @@ async def replay_one(
     given: frozenset[str] | None = None,
     notices: list[str] | None = None,
     stop: Stop | None = None,
+    alerts: AlertRules | None = None,
+    alerts_given: frozenset[str] | None = None,
 ) -> str:
     """Catch one instrument up; return its summary line (``progress`` shows how far it got).
 
@@ -95,6 +100,8 @@ async def replay_one(
         rebuild=rebuild,
         given=given,
         checkpoint_interval=checkpoint_interval(),
+        alerts=alerts,
+        alerts_given=alerts_given,
     )
     paths = VaultPaths.of(vault, inst_id)
     notices = [] if notices is None else notices
@@ -230,6 +237,7 @@ def _report(outcomes: list[_Outcome], interrupted: bool, quiet: bool) -> int:
 async def _replay(args: argparse.Namespace) -> int:
     vault = vault_of(args)
     settings, given = settings_of(args)
+    alerts = alert_rules_of(args)
     inst_ids: list[str] = list(dict.fromkeys(args.inst_ids or []))
     if args.all:
         inst_ids = discover(vault)
@@ -243,8 +251,8 @@ async def _replay(args: argparse.Namespace) -> int:
     with _on_sigint(stop.request):  # Ctrl-C: every instrument stops cleanly and reports
         _interrupts.release()  # one held back since start-up is taken now
         if workers > 1:
-            return await _replay_parallel(args, vault, settings, given, inst_ids, workers, stop)
-        return await _replay_here(args, vault, settings, given, inst_ids, stop)
+            return await _replay_parallel(args, vault, settings, given, inst_ids, workers, stop, alerts)
+        return await _replay_here(args, vault, settings, given, inst_ids, stop, alerts)
 
 
 async def _replay_here(
@@ -254,6 +262,7 @@ async def _replay_here(
     given: frozenset[str],
     inst_ids: list[str],
     stop: Stop,
+    alerts: tuple[AlertRules | None, frozenset[str]] = (None, frozenset()),
 ) -> int:
     """The instruments side by side in this process."""
     progress = Progress(f"replay {len(inst_ids)} instrument(s)", enabled=False if args.quiet else None)
@@ -264,6 +273,7 @@ async def _replay_here(
                 replay_one(
                     vault, i, settings, final=args.final, rebuild=args.rebuild, strict=args.strict,
                     progress=progress, given=given, notices=notices[i], stop=stop,
+                    alerts=alerts[0], alerts_given=alerts[1],
                 )
                 for i in inst_ids
             ),
@@ -283,6 +293,7 @@ async def _replay_parallel(
     inst_ids: list[str],
     workers: int,
     stop: Stop,
+    alerts: tuple[AlertRules | None, frozenset[str]] = (None, frozenset()),
 ) -> int:
     """One worker process per instrument, at most ``workers`` at a time.
 
@@ -310,7 +321,7 @@ async def _replay_parallel(
             futures = [
                 loop.run_in_executor(
                     pool, _replay_worker, str(vault), i, settings, given, args.final,
-                    args.rebuild, args.strict,
+                    args.rebuild, args.strict, alerts,
                 )
                 for i in inst_ids
             ]
@@ -445,6 +456,7 @@ def _replay_worker(
     final: bool,
     rebuild: bool,
     strict: bool,
+    alerts: tuple[AlertRules | None, frozenset[str]] = (None, frozenset()),
 ) -> _Outcome:
     """Worker-process entry of ``replay``: its outcome (notices included), which the parent
     reports."""
@@ -456,6 +468,7 @@ def _replay_worker(
             lambda: replay_one(
                 Path(vault), inst_id, settings, final=final, rebuild=rebuild, strict=strict,
                 progress=relay, given=given, notices=notices, stop=_worker_stop,
+                alerts=alerts[0], alerts_given=alerts[1],
             )
         )
     except BaseException as exc:  # reported by the parent, like an in-process failure

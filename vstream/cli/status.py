@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -20,6 +20,9 @@ from ..query import (
     vault_status,
 )
 from .common import add_vault_option, instrument_id, require_vault, stdout_closed, vault_of
+
+if TYPE_CHECKING:
+    from ..alerts.status import DestinationStatus
 
 
 def max_lag(text: str) -> float:
@@ -69,20 +72,24 @@ def _status(args: Any) -> int:
     vault = vault_of(args)
     require_vault(vault)  # a folder that is not one would pass as "no instruments", exit 0
     result = vault_status(vault, args.inst_ids, max_lag=args.max_lag, remember=not args.no_remember)
-    verdict = 0 if all(s.ok for s in result) else 1
+    from ..alerts.status import delivery_status
+
+    deliveries = delivery_status(vault)
+    verdict = 0 if all(s.ok for s in result) and all(d.ok for d in deliveries) else 1
     try:
-        _write(args, vault, result)
+        _write(args, vault, result, deliveries)
     except BrokenPipeError as exc:  # nobody reads the table: the verdict still stands
         if not stdout_closed(exc):
             raise
     return verdict
 
 
-def _write(args: Any, vault: Path, result: list[InstrumentStatus]) -> None:
+def _write(args: Any, vault: Path, result: list[InstrumentStatus], deliveries: list[DestinationStatus]) -> None:
     out = sys.stdout
     if args.json:
-        for st in result:
-            out.write(msgspec.json.encode(st.to_dict()).decode() + "\n")
+        objects = [st.to_dict() for st in result] + [d.to_dict() for d in deliveries]
+        for obj in objects:
+            out.write(msgspec.json.encode(obj).decode() + "\n")
     else:
         if not result:
             out.write(f"no instruments in vault {vault} yet (no trade files in raw/okx/trades_*/INSTID/, no replay states)\n")
@@ -93,4 +100,8 @@ def _write(args: Any, vault: Path, result: list[InstrumentStatus]) -> None:
                 out.write(f"{st.instId}: PROBLEM: {problem}\n")
             for note in st.notes:
                 out.write(f"{st.instId}: note: {note}\n")
+        from ..alerts.status import delivery_lines
+
+        for line in delivery_lines(deliveries):
+            out.write(line + "\n")
     out.flush()

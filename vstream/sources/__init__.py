@@ -9,7 +9,9 @@ A source is any object with:
 * ``snapshot()`` — the position after the last batch yielded, per instrument;
 * ``aclose()`` — releases what it holds; safe to call twice;
 * optionally ``check_input()`` — called (in a worker thread) by the engine before it locks or creates
-  anything; raises :class:`~vstream.errors.ConfigError` when the source has nothing to read.
+  anything; raises :class:`~vstream.errors.ConfigError` when the source has nothing to read;
+* optionally ``realtime = True`` — it delivers trades as they happen (a websocket): alerts made
+  from them are never history, and the engine watches its instruments for silence.
 
 Constructors validate their arguments and do no I/O.
 """

@@ -191,6 +191,8 @@ class OkxSource:
     #: The engine's wall-clock ticker is not used: this source closes minutes in-band
     #: (``Batch.now_ms``), ordered with its trades.
     live = False
+    #: Trades as they happen: alerts from them are new (never history), silence is watched.
+    realtime = True
 
     def __init__(
         self,

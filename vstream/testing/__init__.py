@@ -6,6 +6,8 @@
 * :class:`CollectingSink` — a sink that keeps every bar it is given;
 * :func:`make_trade` — a valid :class:`~vstream.Trade` from a few words;
 * :class:`FakeOkxServer` — a loopback stand-in for OKX's websocket and REST endpoints;
+* :class:`FakeWebhookServer` — a loopback Discord webhook / Telegram bot API / JSON webhook
+  server with faults (5xx, 429 with Retry-After, held requests), for alert delivery;
 * :class:`NatsServer`, :class:`NatsCluster` — real ``nats-server`` processes (JetStream) on
   loopback for the distributed mode, with a free port and a temporary store each.
 """
@@ -20,6 +22,7 @@ from ..assembler import Bar
 from ..sources import Batch
 from ..trades import Trade
 from .fake_okx import FakeOkxServer
+from .fake_webhook import FakeWebhookServer
 from .nats_server import NatsCluster, NatsServer
 
 
@@ -102,6 +105,7 @@ class LiveListSource(ListSource):
     Give ``final=False`` (a live stream has no end of input)."""
 
     live = True
+    realtime = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -168,6 +172,7 @@ def trades_of(lines: Iterable[dict[str, Any]]) -> list[Trade]:
 __all__ = [
     "CollectingSink",
     "FakeOkxServer",
+    "FakeWebhookServer",
     "ListSource",
     "LiveListSource",
     "ManualClock",
