@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -701,62 +701,15 @@ def write_benchmark_file(
     seq_off = rng.randrange(1_000_000_000, 2_000_000_000) - tid
     ts = start_ms
     head = '{"instId":"' + ins.inst_id + '","tradeId":"'
-    cache: dict[int, str] = {}
-    written = 0
-    if line_format == "exporter":
-        return _write_exporter_benchmark(
-            path, ins, n_trades, rng, sizes, sides, steps, dts, p, tid, start_ms
+
+    def okx_line(tid: int, px: str, size: int, side: int, ts: int, count: int) -> str:
+        return (
+            f'{head}{tid}","px":"{px}","sz":"{sizes[size]}","side":"{sides[side]}",'
+            f'"ts":"{ts}","count":"{counts[count]}","source":"0","seqId":{tid + seq_off}}}\n'
         )
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        while written < n_trades:
-            n = min(65_536, n_trades - written)
-            ra, rb, rc = rng.randbytes(n), rng.randbytes(n), rng.randbytes(n)
-            out = []
-            for i in range(n):
-                a = ra[i]
-                p += steps[a]
-                if p < 1:
-                    p = 1
-                ts += dts[rb[i]]
-                px = cache.get(p)
-                if px is None:
-                    px = cache[p] = format_units(p, d)
-                out.append(
-                    f'{head}{tid}","px":"{px}","sz":"{sizes[rc[i]]}","side":"{sides[a]}",'
-                    f'"ts":"{ts}","count":"{counts[rb[i] ^ rc[i]]}","source":"0","seqId":{tid + seq_off}}}\n'
-                )
-                tid += 1
-            f.write("".join(out))
-            written += n
-    return written
 
-
-def _write_exporter_benchmark(
-    path: Path,
-    ins: Instrument,
-    n_trades: int,
-    rng: random.Random,
-    sizes: list[str],
-    sides: list[str],
-    steps: list[int],
-    dts: list[int],
-    p: int,
-    tid: int,
-    ts: int,
-) -> int:
-    """:func:`write_benchmark_file`'s flow as exporter lines (no ``count``: the exporter has
-    none). Seconds are formatted once each, the rest of a line from cached pieces."""
-    d = ins.px_decimals
-    base, quote = ins.inst_id.split("-")[:2]
-    ct = f'"{_ct_text(ins.ct_val)}", "ctMult": "1", "ctType": "{"inverse" if ins.inverse else "linear"}"}}\r\n'
-    mid = (
-        f'", "exchange": "okx", "market": "{ins.market}", "instId": "{ins.inst_id}", '
-        f'"symbol_canon": "{base}/{quote}", "trade_id": "'
-    )
-    sizes_text = [repr(float(sz)) for sz in sizes]
+    make = okx_line if line_format == "okx" else _exporter_benchmark_line(ins, sizes, sides)
     cache: dict[int, str] = {}
-    second = -1
-    stamp = ""
     written = 0
     with open(path, "w", encoding="utf-8", newline="") as f:
         while written < n_trades:
@@ -769,17 +722,39 @@ def _write_exporter_benchmark(
                 if p < 1:
                     p = 1
                 ts += dts[rb[i]]
-                if ts // 1000 != second:
-                    second = ts // 1000
-                    stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
                 px = cache.get(p)
                 if px is None:
                     px = cache[p] = format_units(p, d)
-                out.append(
-                    f'{{"timestamp_utc": "{stamp}.{ts % 1000:03d}000Z{mid}{tid}", "side": "{sides[a]}", '
-                    f'"price": "{px}", "qty_contracts": "{sizes_text[rc[i]]}", "ctVal": {ct}'
-                )
+                out.append(make(tid, px, rc[i], a, ts, rb[i] ^ rc[i]))
                 tid += 1
             f.write("".join(out))
             written += n
     return written
+
+
+def _exporter_benchmark_line(
+    ins: Instrument, sizes: list[str], sides: list[str]
+) -> Callable[[int, str, int, int, int, int], str]:
+    """:func:`write_benchmark_file`'s line maker for exporter lines (CRLF; no ``count``: the
+    exporter has none). Seconds are formatted once each, the rest from cached pieces."""
+    base, quote = ins.inst_id.split("-")[:2]
+    ct = f'"{_ct_text(ins.ct_val)}", "ctMult": "1", "ctType": "{"inverse" if ins.inverse else "linear"}"}}\r\n'
+    mid = (
+        f'", "exchange": "okx", "market": "{ins.market}", "instId": "{ins.inst_id}", '
+        f'"symbol_canon": "{base}/{quote}", "trade_id": "'
+    )
+    sizes_text = [repr(float(sz)) for sz in sizes]
+    second = -1
+    stamp = ""
+
+    def line(tid: int, px: str, size: int, side: int, ts: int, count: int) -> str:
+        nonlocal second, stamp
+        if ts // 1000 != second:
+            second = ts // 1000
+            stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return (
+            f'{{"timestamp_utc": "{stamp}.{ts % 1000:03d}000Z{mid}{tid}", "side": "{sides[side]}", '
+            f'"price": "{px}", "qty_contracts": "{sizes_text[size]}", "ctVal": {ct}'
+        )
+
+    return line
