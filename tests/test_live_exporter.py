@@ -289,6 +289,7 @@ async def test_exporter_trade_late_by_the_wall_clock_replays_the_same(tmp_path: 
     assert json.loads(meta_path(vault, BTC).read_text())["normalized"] == BTC_META
 
 
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/real is not beside the checkout")
 @pytest.mark.slow
 async def test_killed_and_restarted_exporter_recorder_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL and restart, again and again, while recording exporter lines: a replay of the

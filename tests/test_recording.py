@@ -141,6 +141,7 @@ def test_a_trade_is_delivered_as_a_replay_reads_its_line_back(inst: str, contrac
     assert style.as_read(trade).count == 1
 
 
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="../shared/data/real is not beside the checkout")
 def test_the_instrument_file_is_the_exporters_shape() -> None:
     real = (REAL_DATA / "exporter_meta_BTC-USDT-SWAP.json").read_bytes()
     assert meta_bytes(BTC, json.loads(real)["raw"]) == real
